@@ -1,0 +1,15 @@
+"""sstorch: lightweight, adversarially robust networks from separable structured transformations.
+
+The paper's ideas, one module each:
+
+* :mod:`sstorch.kronecker` — Kronecker algebra: mode products, nearest Kronecker product.
+* :mod:`sstorch.separable` — :class:`SeparableLinear`, ``Y = X ×1 U1 ×2 U2 … ×K UK + b``.
+* :mod:`sstorch.constraints` — sparsity and condition-number penalties, factor pruning, stats.
+* :mod:`sstorch.surgery` — :func:`separate` / :func:`densify` for any PyTorch model.
+* :mod:`sstorch.summary` — parameter, nnz, MAC and byte accounting.
+"""
+
+from .separable import SeparableLinear
+
+__all__ = ["SeparableLinear"]
+__version__ = "0.1.0"

@@ -1,0 +1,212 @@
+"""Kronecker-product algebra behind the separable structured transformation.
+
+Conventions (used everywhere in sstorch)
+----------------------------------------
+A separable map with K modes has factors ``U_k`` of shape ``(m_k, n_k)``. It acts on a tensor
+``X`` of shape ``(n_1, ..., n_K)`` by mode products::
+
+    Y = X ×1 U_1 ×2 U_2 … ×K U_K,     Y[i_1..i_K] = Σ_j X[j_1..j_K] Π_k U_k[i_k, j_k]
+
+PyTorch flattens row-major (the *last* index varies fastest), so with ``x = X.flatten()``::
+
+    Y.flatten() = (U_1 ⊗ U_2 ⊗ … ⊗ U_K) @ x
+
+This is the same matrix the paper writes ``W = U_K ⊗ … ⊗ U_1`` with column-major ``vec``.
+A rank-R map is a sum of R such terms; factors are stored stacked as ``(R, m_k, n_k)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["kron", "kron_sum", "mode_products", "nearest_kronecker"]
+
+
+def kron(*mats: Tensor) -> Tensor:
+    """Explicit Kronecker product ``mats[0] ⊗ mats[1] ⊗ …`` (for tests and ``to_dense``)."""
+    if not mats:
+        raise ValueError("kron needs at least one matrix")
+    out = mats[0]
+    for m in mats[1:]:
+        out = torch.kron(out, m)
+    return out
+
+
+def kron_sum(factors: Sequence[Tensor]) -> Tensor:
+    """Dense ``W = Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` from stacked factors of shape ``(R, m_k, n_k)``."""
+    rank = factors[0].shape[0]
+    return sum(kron(*(u[r] for u in factors)) for r in range(rank))
+
+
+def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") -> Tensor:
+    """Apply ``Y = Σ_r X ×1 U_1[r] … ×K U_K[r]`` without forming the Kronecker product.
+
+    Args:
+        x: ``(B, n_1, ..., n_K)``.
+        factors: K tensors of shape ``(R, m_k, n_k)``.
+        strategy: ``"cyclic"``, ``"unfold"`` (R = 1 only) or ``"auto"``.
+
+    Returns:
+        ``(B, m_1, ..., m_K)``.
+
+    Every mode is one large GEMM; the two strategies differ only in where the copy goes:
+
+    * ``cyclic``: view the running tensor as ``(B, n_k, rest)``, contract ``n_k`` against
+      ``U_kᵀ`` with the contracted mode moved *last*: ``(B, rest, n_k) @ (n_k, m_k)``. After K
+      steps the modes are back in order ``(m_1, …, m_K)``.
+    * ``unfold``: the mode-k unfolding ``U_k @ X_(k)`` (as tensorly's ``mode_dot``), which wins
+      when the leading mode dominates, e.g. VGG's ``(512, 7, 7)`` map.
+
+    ``auto`` uses ``unfold`` when R = 1 and ``n_1 > Π_{k>1} n_k``, else ``cyclic``
+    (see ``benchmarks/layer_speed.py``). Cost for either: ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k``
+    multiply-adds per example.
+    """
+    batch = x.shape[0]
+    rank = factors[0].shape[0]
+    out_dims = [u.shape[1] for u in factors]
+    if strategy == "auto":
+        leading = factors[0].shape[2]
+        strategy = "unfold" if rank == 1 and leading > math.prod(x.shape[2:]) else "cyclic"
+    if strategy == "unfold":
+        if rank != 1:
+            raise ValueError("strategy='unfold' supports rank 1 only")
+        y = x
+        for k, u in enumerate(factors):
+            y = y.movedim(k + 1, 0)
+            shape = y.shape
+            y = (u[0] @ y.reshape(shape[0], -1)).reshape(u.shape[1], *shape[1:])
+            y = y.movedim(0, k + 1)
+        return y
+    if strategy != "cyclic":
+        raise ValueError(f"strategy must be 'auto', 'cyclic' or 'unfold', got {strategy!r}")
+    if rank == 1:
+        y = x
+        for u in factors:
+            y = torch.matmul(y.reshape(batch, u.shape[2], -1).transpose(1, 2), u[0].t())
+        return y.reshape(batch, *out_dims)
+    # Rank R: the first mode produces all R branches in one GEMM; later modes are batched per r.
+    u0 = factors[0]
+    y = torch.matmul(x.reshape(batch, u0.shape[2], -1).transpose(1, 2),
+                     u0.reshape(rank * u0.shape[1], u0.shape[2]).t())  # (B, rest, R m_1)
+    y = y.reshape(batch, -1, rank, u0.shape[1]).permute(0, 2, 1, 3)  # (B, R, rest, m_1)
+    for u in factors[1:]:
+        y = y.reshape(batch, rank, u.shape[2], -1).transpose(2, 3)  # (B, R, rest, n_k)
+        y = torch.matmul(y, u.transpose(1, 2))  # (B, R, rest, m_k)
+    return y.reshape(batch, rank, *out_dims).sum(1)
+
+
+def _rearrange(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]) -> Tensor:
+    """Van Loan–Pitsianis rearrangement: ``W (M, N) → T (m_1 n_1, …, m_K n_K)``.
+
+    Under it ``U_1 ⊗ … ⊗ U_K`` becomes the rank-1 tensor ``vec(U_1) ∘ … ∘ vec(U_K)``, so the
+    nearest Kronecker product (Frobenius norm) is the best rank-1 (CP) approximation of T.
+    """
+    k = len(in_shape)
+    t = weight.reshape(*out_shape, *in_shape)
+    perm = [i for pair in zip(range(k), range(k, 2 * k), strict=True) for i in pair]
+    return t.permute(perm).reshape([m * n for m, n in zip(out_shape, in_shape, strict=True)])
+
+
+def _cp_als(t: Tensor, rank: int, n_iter: int, tol: float) -> list[Tensor]:
+    """Rank-R CP decomposition of a K-way tensor by alternating least squares.
+
+    Initialised with the leading left singular vectors of each unfolding (HOSVD), which for
+    R = 1 makes this the higher-order power method. Returns factor matrices ``A_k (I_k, R)``
+    with ``T ≈ Σ_r A_1[:, r] ∘ … ∘ A_K[:, r]``.
+    """
+    k_modes = t.dim()
+    letters = "abcdefghij"[:k_modes]
+    mats = []
+    for k in range(k_modes):
+        unfold = t.movedim(k, 0).reshape(t.shape[k], -1)
+        u, s, _ = torch.linalg.svd(unfold, full_matrices=False)
+        a = u[:, :rank]
+        if a.shape[1] < rank:  # mode smaller than the rank: pad with small random columns
+            pad = torch.randn(t.shape[k], rank - a.shape[1], dtype=t.dtype, device=t.device)
+            a = torch.cat([a, 1e-3 * pad], 1)
+        mats.append(a)
+    t_norm2 = t.pow(2).sum()
+    prev_err = None
+    for _ in range(n_iter):
+        for k in range(k_modes):
+            others = [i for i in range(k_modes) if i != k]
+            # MTTKRP: contract T with all other factors, keeping mode k and the rank index.
+            eq = letters + "," + ",".join(f"{letters[i]}r" for i in others) + f"->{letters[k]}r"
+            mttkrp = torch.einsum(eq, t, *[mats[i] for i in others])
+            gram = torch.ones(rank, rank, dtype=t.dtype, device=t.device)
+            for i in others:
+                gram = gram * (mats[i].T @ mats[i])
+            mats[k] = torch.linalg.lstsq(gram, mttkrp.T).solution.T
+        # ||T - T̂||² = ||T||² - 2<T, T̂> + ||T̂||², with <T, T̂> = Σ A_K ⊙ MTTKRP_K.
+        gram_all = torch.ones(rank, rank, dtype=t.dtype, device=t.device)
+        for a in mats:
+            gram_all = gram_all * (a.T @ a)
+        inner = (mats[-1] * mttkrp).sum()
+        err = (t_norm2 - 2 * inner + gram_all.sum()).clamp_min(0).sqrt() / t_norm2.sqrt()
+        if prev_err is not None and abs(prev_err - err.item()) < tol:
+            break
+        prev_err = err.item()
+    return mats
+
+
+def nearest_kronecker(
+    weight: Tensor,
+    in_shape: Sequence[int],
+    out_shape: Sequence[int],
+    rank: int = 1,
+    n_iter: int = 200,
+    tol: float = 1e-10,
+) -> tuple[list[Tensor], float]:
+    """Best sum of ``rank`` Kronecker products approximating a dense weight.
+
+    Minimises ``‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F`` over factors ``U_k[r] (m_k, n_k)``.
+    After the Van Loan–Pitsianis rearrangement this is a best rank-R approximation problem:
+    for K = 2 a matrix, solved exactly by the truncated SVD (Eckart–Young); for K > 2 a tensor,
+    solved by CP-ALS from an HOSVD start (exact whenever W is an exact rank-R Kronecker sum
+    with a unique decomposition). K = 1 returns W itself.
+
+    The scale of each term is split evenly across its factors (equal Frobenius norms).
+
+    Returns:
+        ``(factors, rel_err)``: factors as tensors ``(R, m_k, n_k)`` in ``weight``'s dtype, and
+        ``‖W − Ŵ‖_F / ‖W‖_F``.
+    """
+    in_shape, out_shape = list(in_shape), list(out_shape)
+    m_total, n_total = math.prod(out_shape), math.prod(in_shape)
+    if weight.dim() != 2 or tuple(weight.shape) != (m_total, n_total):
+        raise ValueError(
+            f"weight must have shape (prod(out_shape), prod(in_shape)) = ({m_total}, {n_total}) "
+            f"for out_shape={tuple(out_shape)}, in_shape={tuple(in_shape)}; got "
+            f"{tuple(weight.shape)}"
+        )
+    w = weight.detach().to(torch.float64)
+    k_modes = len(in_shape)
+    if k_modes == 1:
+        if rank != 1:
+            raise ValueError("a single-mode separable layer is dense; use rank=1")
+        return [weight.detach().clone().unsqueeze(0)], 0.0
+    t = _rearrange(w, in_shape, out_shape)
+    if k_modes == 2:
+        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        r = min(rank, s.numel())
+        mats = [u[:, :r] * s[:r].sqrt(), vh[:r].T * s[:r].sqrt()]
+        if r < rank:  # more terms than the rearranged matrix has singular values
+            mats = [torch.cat([a, torch.zeros(a.shape[0], rank - r, dtype=a.dtype)], 1)
+                    for a in mats]
+    else:
+        mats = _cp_als(t, rank, n_iter, tol)
+    # Balance: give every factor of term r the same Frobenius norm.
+    norms = torch.stack([a.norm(dim=0) for a in mats])  # (K, R)
+    geo = norms.clamp_min(1e-300).log().mean(0).exp()
+    mats = [a * (geo / norms[i].clamp_min(1e-300)) for i, a in enumerate(mats)]
+    factors = [
+        a.T.reshape(rank, m, n) for a, m, n in zip(mats, out_shape, in_shape, strict=True)
+    ]
+    approx = kron_sum(factors)
+    w_norm = w.norm()
+    rel_err = float((w - approx).norm() / w_norm) if w_norm > 0 else 0.0
+    return [f.to(weight.dtype) for f in factors], rel_err
