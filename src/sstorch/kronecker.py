@@ -123,7 +123,7 @@ def _cp_als(t: Tensor, rank: int, n_iter: int, tol: float) -> list[Tensor]:
     mats = []
     for k in range(k_modes):
         unfold = t.movedim(k, 0).reshape(t.shape[k], -1)
-        u, s, _ = torch.linalg.svd(unfold, full_matrices=False)
+        u = torch.linalg.svd(unfold, full_matrices=False)[0]
         a = u[:, :rank]
         if a.shape[1] < rank:  # mode smaller than the rank: pad with small random columns
             pad = torch.randn(t.shape[k], rank - a.shape[1], dtype=t.dtype, device=t.device)

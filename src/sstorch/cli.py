@@ -1,0 +1,73 @@
+"""The ``sstorch`` command line: ``sstorch <command> [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_bench(argv: list[str]) -> int:
+    from .bench import main_layer_bench
+
+    return main_layer_bench(argv)
+
+
+def _cmd_summary(argv: list[str]) -> int:
+    import torch
+
+    from .summary import summary
+    from .surgery import separate
+
+    p = argparse.ArgumentParser(
+        prog="sstorch summary",
+        description="Separate a reference model's Linear layers and print the accounting.",
+    )
+    p.add_argument("--model", choices=["vgg16", "vit-tiny"], default="vgg16")
+    p.add_argument("--compression", type=float, default=None,
+                   help="per-layer target compression (default: rank-1 factors)")
+    args = p.parse_args(argv)
+    if args.model == "vgg16":
+        import torchvision
+
+        model = torchvision.models.vgg16(num_classes=10)
+        example = torch.zeros(1, 3, 224, 224)
+        include: str | list[str] = "classifier.*"
+    else:
+        from timm.models.vision_transformer import VisionTransformer
+
+        model = VisionTransformer(img_size=32, patch_size=4, embed_dim=192, depth=12,
+                                  num_heads=3, num_classes=10)
+        example = torch.zeros(1, 3, 32, 32)
+        include = ["*.qkv", "*.proj", "*.fc1", "*.fc2"]
+    print(f"== dense {args.model}")
+    print(summary(model, example).table())
+    separate(model, include, compression=args.compression, example_input=example)
+    print(f"\n== separable {args.model}")
+    print(summary(model, example).table())
+    return 0
+
+
+COMMANDS = {
+    "bench": (_cmd_bench, "layer speed benchmark: SeparableLinear vs nn.Linear vs tensorly-torch"),
+    "summary": (_cmd_summary, "separate VGG-16 or a ViT and print the accounting"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: sstorch <command> [options]\n\ncommands:")
+        for name, (_, help_text) in COMMANDS.items():
+            print(f"  {name:<10} {help_text}")
+        print("\n`sstorch <command> --help` for a command's options.")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"sstorch: unknown command {cmd!r}; choose from {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return COMMANDS[cmd][0](rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
