@@ -10,6 +10,8 @@ The paper's ideas, one module each:
 """
 
 from .separable import SeparableLinear
+from .summary import summary
+from .surgery import densify, separate
 
-__all__ = ["SeparableLinear"]
+__all__ = ["SeparableLinear", "densify", "separate", "summary"]
 __version__ = "0.1.0"
