@@ -1,0 +1,282 @@
+"""Run configuration: typed dataclasses, strict YAML loading and ``key=value`` overrides.
+
+A config is YAML whose sections mirror :class:`Config`. Every key is checked: a misspelled or
+unknown key is an error naming the key (with the closest valid one), never silently ignored.
+Overrides from the command line use dotted keys: ``--set train.epochs=3 optim.lr=0.05``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+__all__ = [
+    "AttackConfig", "Config", "ConfigError", "ConstraintConfig", "DataConfig", "EvalConfig",
+    "ModelConfig", "OptimConfig", "PruneConfig", "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid."""
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    root: str | None = None
+    download: bool = False
+    val_size: float = 5000  # examples (≥ 1) or a fraction (< 1) of the training set
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    augment: bool = True
+    num_workers: int = 0
+    train_subset: int | None = None  # use only the first N training examples (smoke runs)
+    test_subset: int | None = None
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"data.batch_size and data.eval_batch_size must be ≥ 1, got "
+                              f"{self.batch_size} and {self.eval_batch_size}")
+        if self.val_size < 0:
+            raise ConfigError(f"data.val_size must be ≥ 0, got {self.val_size}")
+        for k in ("train_subset", "test_subset"):
+            v = getattr(self, k)
+            if v is not None and v < 1:
+                raise ConfigError(f"data.{k} must be ≥ 1 or null, got {v}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    separable: bool = True
+    # mlp: hidden layer shapes; a separable MLP keeps them as tensors (e.g. [[32, 32], [32, 32]]),
+    # a dense one uses their products as widths.
+    hidden: list = field(default_factory=lambda: [[32, 32], [32, 32]])
+    rank: int = 1
+    compression: float | None = None  # per-layer target for surgery (vgg16 / vit)
+    # vgg16
+    width: float = 1.0  # channel multiplier (1/8 for CPU-sized runs)
+    variant: str = "cifar"  # cifar: BN + FC head on the 512×1×1 map; imagenet: 512·7·7→4096→4096
+    fc_hidden: int = 512  # CIFAR head width
+    # vit
+    patch_size: int = 4
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    separable_groups: list = field(default_factory=lambda: ["mlp"])  # mlp, attn, patch, head
+    separate_head: bool = False  # mlp / vgg16: also factorize the classifier layer
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"model.rank must be ≥ 1, got {self.rank}")
+        if self.compression is not None and self.compression < 1:
+            raise ConfigError(f"model.compression must be ≥ 1, got {self.compression}")
+        if self.width <= 0:
+            raise ConfigError(f"model.width must be > 0, got {self.width}")
+        _choice(self.variant, ("cifar", "imagenet"), "model.variant")
+        for g in self.separable_groups:
+            _choice(g, ("mlp", "attn", "patch", "head"), "model.separable_groups[]")
+
+
+@dataclass
+class AttackConfig:
+    """The training-time adversary (L∞)."""
+
+    name: str = "pgd"  # pgd (Madry), trades, fgsm (random start, "fast AT"), none
+    eps: float = 0.1
+    step_size: float = 0.01
+    steps: int = 10
+    random_start: bool = True
+    trades_beta: float = 6.0
+
+    def validate(self) -> None:
+        _choice(self.name, ("pgd", "trades", "fgsm", "none"), "attack.name")
+        if self.eps < 0:
+            raise ConfigError(f"attack.eps must be ≥ 0, got {self.eps}")
+        if self.steps < 1:
+            raise ConfigError(f"attack.steps must be ≥ 1, got {self.steps}")
+        if self.step_size <= 0:
+            raise ConfigError(f"attack.step_size must be > 0, got {self.step_size}")
+        if self.trades_beta < 0:
+            raise ConfigError(f"attack.trades_beta must be ≥ 0, got {self.trades_beta}")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd, adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine, multistep, onecycle, none
+    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
+    gamma: float = 0.1
+    grad_clip: float | None = None
+
+    def validate(self) -> None:
+        _choice(self.name, ("sgd", "adamw"), "optim.name")
+        _choice(self.schedule, ("cosine", "multistep", "onecycle", "none"), "optim.schedule")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be ≥ 0, got {self.weight_decay}")
+
+
+@dataclass
+class ConstraintConfig:
+    lambda_sparsity: float = 0.0
+    lambda_cond: float = 0.0
+    sparsity: str = "l1"  # l1, tl1
+    cond: str = "logdet"  # logdet, logkappa
+    a: float = 1.0  # transformed-L1 shape
+
+    def validate(self) -> None:
+        if self.lambda_sparsity < 0 or self.lambda_cond < 0:
+            raise ConfigError("constraints.lambda_sparsity and lambda_cond must be ≥ 0")
+        _choice(self.sparsity, ("l1", "tl1"), "constraints.sparsity")
+        _choice(self.cond, ("logdet", "logkappa"), "constraints.cond")
+
+
+@dataclass
+class PruneConfig:
+    """Magnitude pruning of factor entries, ramped from ``start_epoch`` to ``end_epoch``."""
+
+    target: float = 0.0  # final fraction of zeros per factor; 0 disables pruning
+    start_epoch: int = 1
+    end_epoch: int = 1  # target reached at the end of this epoch; later epochs fine-tune
+
+    def validate(self) -> None:
+        if not 0 <= self.target < 1:
+            raise ConfigError(f"prune.target must be in [0, 1), got {self.target}")
+        if self.end_epoch < self.start_epoch:
+            raise ConfigError("prune.end_epoch must be ≥ prune.start_epoch")
+
+
+@dataclass
+class EvalConfig:
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    n: int | None = None  # test examples for the final evaluation (None = the full test set)
+    val_pgd_steps: int = 10
+
+    def validate(self) -> None:
+        if self.pgd_steps < 1 or self.val_pgd_steps < 1 or self.pgd_restarts < 1:
+            raise ConfigError("eval.pgd_steps, eval.val_pgd_steps, eval.pgd_restarts must be ≥ 1")
+
+
+@dataclass
+class Config:
+    name: str = "sep-mlp-fashion-mnist"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto, cpu, cuda
+    amp: bool = True  # mixed precision on CUDA only
+    epochs: int = 10
+    out_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> Config:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
+        _choice(self.device, ("auto", "cpu", "cuda"), "device")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint} (valid keys: "
+                              f"{', '.join(prefix + n for n in names)})")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = _build(typ, value or {}, f"{full}.")
+        else:
+            kwargs[key] = _coerce(value, typ, full)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check a scalar against its annotation, allowing int → float and None for optionals."""
+    args = getattr(typ, "__args__", None)
+    allowed = set(args) if args else {typ}
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if float in allowed and isinstance(value, str):  # YAML reads 1e-4 as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    for t in allowed - {type(None)}:
+        origin = getattr(t, "__origin__", t)
+        if origin is bool and isinstance(value, bool):
+            return value
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin not in (bool, int) and isinstance(origin, type) and isinstance(value, origin):
+            return value
+    names = "/".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like key=value, e.g. train.epochs=3")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    for item in overrides or []:
+        _set_dotted(tree, item)
+    return _build(Config, tree, "").validate()
