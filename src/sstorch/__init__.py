@@ -9,9 +9,19 @@ The paper's ideas, one module each:
 * :mod:`sstorch.summary` — parameter, nnz, MAC and byte accounting.
 """
 
+from .constraints import (
+    FactorRegularizer,
+    layer_stats,
+    log_condition,
+    logdet_condition,
+    prune_factors,
+)
 from .separable import SeparableLinear
 from .summary import summary
 from .surgery import densify, separate
 
 __all__ = ["SeparableLinear", "densify", "separate", "summary"]
+__all__ += [
+    "FactorRegularizer", "layer_stats", "log_condition", "logdet_condition", "prune_factors"
+]
 __version__ = "0.1.0"
