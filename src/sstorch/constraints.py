@@ -25,17 +25,14 @@ and pruning is a schedule of calls with rising targets::
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
-from torch.utils.hooks import RemovableHandle
 
 from .kronecker import kron
-from .separable import SeparableLinear
+from .separable import SeparableLinear, track_masked, untrack_masked
 
 __all__ = [
     "CONDITION_SURROGATES",
@@ -301,8 +298,6 @@ def layer_stats(model: nn.Module) -> list[LayerStats]:
 
 # ---------------------------------------------------------------------------------- pruning
 
-_PRUNED: weakref.WeakSet[SeparableLinear] = weakref.WeakSet()
-_HOOK_HANDLE: RemovableHandle | None = None
 _SCOPES = ("factor", "slice")
 
 
@@ -314,25 +309,13 @@ def _masks(layer: SeparableLinear) -> list[tuple[int, Tensor]]:
     ]
 
 
-@torch.no_grad()
 def _rezero(layer: SeparableLinear) -> None:
-    for k, mask in _masks(layer):
-        layer.factors[k].mul_(mask)
-
-
-def _rezero_after_step(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    # Momentum, Adam moments and decoupled weight decay move masked entries even though their
-    # gradient is 0; put the zeros back after every step of every optimizer.
-    for layer in list(_PRUNED):
-        _rezero(layer)
+    layer.apply_masks_()
 
 
 def _track(layer: SeparableLinear) -> None:
-    """Remember a pruned layer and install the global post-step hook (once per process)."""
-    global _HOOK_HANDLE
-    _PRUNED.add(layer)
-    if _HOOK_HANDLE is None:
-        _HOOK_HANDLE = register_optimizer_step_post_hook(_rezero_after_step)
+    """Keep a pruned layer's zeros real through optimizer steps (hook lives in separable)."""
+    track_masked(layer)
 
 
 def _layers_or_raise(model: nn.Module) -> list[tuple[str, SeparableLinear]]:
@@ -456,7 +439,7 @@ def remove_masks_(model: nn.Module) -> int:
         masks = _masks(layer)
         for k, _ in masks:
             delattr(layer, f"mask_{k}")
-        _PRUNED.discard(layer)
+        untrack_masked(layer)
         count += bool(masks)
     return count
 

@@ -68,6 +68,8 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     batch = x.shape[0]
     rank = factors[0].shape[0]
     out_dims = [u.shape[1] for u in factors]
+    if batch == 0:
+        return x.new_zeros(0, *out_dims) + 0 * sum(u.sum() for u in factors)
     if strategy == "auto":
         leading = factors[0].shape[2]
         strategy = "unfold" if rank == 1 and leading > math.prod(x.shape[2:]) else "cyclic"
@@ -176,6 +178,9 @@ def nearest_kronecker(
         ``‖W − Ŵ‖_F / ‖W‖_F``.
     """
     in_shape, out_shape = list(in_shape), list(out_shape)
+    if len(in_shape) != len(out_shape):
+        raise ValueError(f"in_shape {tuple(in_shape)} and out_shape {tuple(out_shape)} must have "
+                         "the same number of modes")
     m_total, n_total = math.prod(out_shape), math.prod(in_shape)
     if weight.dim() != 2 or tuple(weight.shape) != (m_total, n_total):
         raise ValueError(

@@ -8,10 +8,13 @@ product of small matrices applied mode by mode to the *unflattened* input.
 from __future__ import annotations
 
 import math
+import numbers
+import weakref
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .kronecker import kron_sum, mode_products, nearest_kronecker
 
@@ -19,15 +22,41 @@ __all__ = ["SeparableLinear"]
 
 
 def _as_shape(shape: int | Sequence[int], what: str) -> tuple[int, ...]:
-    if isinstance(shape, int):
+    if isinstance(shape, numbers.Integral):
         shape = (shape,)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except TypeError as exc:
-        raise ValueError(f"{what} must be an int or a sequence of ints, got {shape!r}") from exc
+    if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+        raise ValueError(f"{what} must be an int or a sequence of ints, got {shape!r}")
+    shape = [s.item() if isinstance(s, Tensor) else s for s in shape]
+    if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape):
+        raise ValueError(f"{what} must contain ints only, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"{what} must be a non-empty sequence of positive ints, got {shape}")
     return shape
+
+
+# Pruned layers (those with mask_k buffers). Momentum, Adam moments and decoupled weight decay
+# move masked entries even though their gradient is 0, so one global optimizer post-step hook
+# puts the zeros back after every step of every optimizer.
+_MASKED: weakref.WeakSet[SeparableLinear] = weakref.WeakSet()
+_MASK_HOOK = None
+
+
+def _rezero_masked_layers(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+    for layer in list(_MASKED):
+        layer.apply_masks_()
+
+
+def track_masked(layer: SeparableLinear) -> None:
+    """Keep ``layer``'s masked entries exactly 0 after every optimizer step (see above)."""
+    global _MASK_HOOK
+    _MASKED.add(layer)
+    if _MASK_HOOK is None:
+        _MASK_HOOK = register_optimizer_step_post_hook(_rezero_masked_layers)
+
+
+def untrack_masked(layer: SeparableLinear) -> None:
+    _MASKED.discard(layer)
 
 
 class SeparableLinear(nn.Module):
@@ -123,6 +152,17 @@ class SeparableLinear(nn.Module):
             mask = getattr(self, f"mask_{k}", None)
             out.append(u if mask is None else u * mask)
         return out
+
+    def masks(self) -> list[tuple[int, Tensor]]:
+        """``(k, mask_k)`` for every pruned factor."""
+        return [(k, m) for k in range(self.n_modes)
+                if (m := getattr(self, f"mask_{k}", None)) is not None]
+
+    @torch.no_grad()
+    def apply_masks_(self) -> None:
+        """Set masked factor entries to exactly 0 (the forward pass masks them anyway)."""
+        for k, mask in self.masks():
+            self.factors[k].mul_(mask)
 
     def forward(self, x: Tensor) -> Tensor:
         k = self.n_modes
@@ -235,10 +275,19 @@ class SeparableLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # Pruning masks are buffers created on demand; recreate them when a checkpoint has them.
+        # Pruning masks are buffers created on demand: the checkpoint decides whether the layer
+        # is pruned. Recreate masks it has, drop masks it lacks, and keep the zeros real.
         for k in range(self.n_modes):
             key = f"{prefix}mask_{k}"
-            if key in state_dict and getattr(self, f"mask_{k}", None) is None:
+            has = getattr(self, f"mask_{k}", None) is not None
+            if key in state_dict and not has:
                 self.register_buffer(f"mask_{k}", torch.ones_like(self.factors[k]))
+            elif key not in state_dict and has:
+                delattr(self, f"mask_{k}")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if self.masks():
+            self.apply_masks_()
+            track_masked(self)
+        else:
+            untrack_masked(self)
