@@ -403,6 +403,41 @@ def test_masks_survive_safetensors_roundtrip(tmp_path):
     assert torch.all(fresh[2].factors[0][fresh[2].mask_0 == 0] == 0)
 
 
+def test_loaded_masks_stay_real_without_apply_masks(tmp_path):
+    """A pruned checkpoint loaded into a fresh model keeps its zeros through Adam steps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(SeparableLinear((4, 5), (3, 6)))
+    prune_factors(model, 0.5)
+    path = tmp_path / "pruned.safetensors"
+    save_file(model.state_dict(), str(path))
+    fresh = nn.Sequential(SeparableLinear((4, 5), (3, 6)))
+    opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    for _ in range(3):  # Adam moments at every entry before the masks arrive
+        opt.zero_grad()
+        fresh(torch.randn(8, 4, 5)).sum().backward()
+        opt.step()
+    fresh.load_state_dict(load_file(str(path)))
+    for _ in range(3):
+        opt.zero_grad()
+        fresh(torch.randn(8, 4, 5)).sum().backward()
+        opt.step()
+    for k in range(2):
+        mask = getattr(fresh[0], f"mask_{k}")
+        assert (mask == 0).any()
+        assert torch.all(fresh[0].factors[k][mask == 0] == 0)
+
+
+def test_loading_unpruned_checkpoint_drops_stale_masks():
+    torch.manual_seed(0)
+    unpruned = SeparableLinear((4, 5), (3, 6))
+    pruned = SeparableLinear((4, 5), (3, 6))
+    prune_factors(pruned, 0.5)
+    pruned.load_state_dict(unpruned.state_dict())  # strict: no missing mask keys either
+    assert pruned.masks() == []
+    x = torch.randn(2, 4, 5)
+    torch.testing.assert_close(pruned(x), unpruned(x), rtol=0, atol=0)
+
+
 def test_remove_masks():
     layer = _layer((3, 4), (3, 4))
     prune_factors(layer, 0.5)
