@@ -1,0 +1,569 @@
+"""Resumable training checkpoints: one ``.safetensors`` file, written atomically.
+
+A checkpoint holds everything needed to continue a run bit for bit — model, optimizer,
+learning-rate scheduler, random number generators — plus free-form JSON (epoch, config,
+metrics, best score). It is a single safetensors file: a JSON header followed by raw tensor
+bytes, so reading one never executes code stored in the file.
+
+Layout::
+
+    tensor key         content
+    model.<name>       model.state_dict()  (DDP / torch.compile wrappers removed)
+    optim.<path>       tensors of optimizer.state_dict()  (momentum_buffer, exp_avg, step, …)
+    sched.<path>       tensors of scheduler.state_dict(), if any
+    rng.torch          torch.get_rng_state()  (uint8)
+    rng.cuda.<i>       CUDA generator state of GPU i (only when CUDA was initialised)
+
+    metadata key       content (safetensors metadata is dict[str, str])
+    format_version     "1"
+    sstorch            JSON: {"format_version", "torch_version", "model", "optim", "sched",
+                              "rng", "extra"}
+
+Inside the JSON every tensor is replaced by a reference ``{"__tensor__": "<key>"}``, tuples by
+``{"__tuple__": [...]}`` and dicts with non-string keys (the optimizer's ``state`` maps a
+parameter index to its state) by ``{"__items__": [[key, value], ...]}``; scalars, step counts
+and ``param_groups`` are plain JSON. NumPy's and Python's RNG states are JSON too.
+
+Schedulers keep only what is JSON: learning-rate *lambdas* are code, so ``LambdaLR`` stores
+``None`` for plain functions (and the JSON attributes of callable objects). Rebuild the
+scheduler from the run's config, then :func:`load_checkpoint` restores its counters
+(``last_epoch``, ``_last_lr``, …).
+
+Writes are atomic: the file is written to ``.tmp-*`` in the same directory, fsynced and
+``os.replace``-d onto the target, so a crash at any moment leaves the previous checkpoint
+intact. Every failure to read — missing, truncated or corrupted file, foreign file, model or
+optimizer mismatch — raises :class:`CheckpointError` with a one-line message that names the
+file and says what to do.
+
+Example::
+
+    save_checkpoint("runs/a/last.safetensors", model, opt, sched,
+                    extra={"epoch": epoch, "config": cfg_dict, "best_acc": best})
+    extra = load_checkpoint("runs/a/last.safetensors", model, opt, sched)
+    start_epoch = extra["epoch"] + 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_weights",
+    "read_metadata",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+_META_KEY = "sstorch"
+_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
+_DROP = object()  # marks a value left out of a lenient (scheduler) encoding
+_MAX_LISTED = 5
+
+PathLike = str | os.PathLike
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be written or read; the message says which file and what to do."""
+
+
+# --------------------------------------------------------------------------- nested state ↔ JSON
+
+
+def _encode(obj: Any, key: str, tensors: dict[str, Tensor], dropped: list[str] | None) -> Any:
+    """JSON-able copy of ``obj`` with tensors moved into ``tensors`` under keys built from ``key``.
+
+    ``dropped is None`` is strict (unsupported values raise); otherwise unsupported values are
+    left out (dict entries) or become ``None`` (list items) and their paths are recorded.
+    """
+    if isinstance(obj, Tensor):
+        name, n = key, 1
+        while name in tensors:
+            name, n = f"{key}#{n}", n + 1
+        tensors[name] = obj
+        return {_TENSOR: name}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, f"{key}.{i}", tensors, dropped) for i, v in enumerate(obj)]
+        items = [None if v is _DROP else v for v in items]
+        return {_TUPLE: items} if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        pairs = [(k, _encode(v, f"{key}.{k}", tensors, dropped)) for k, v in obj.items()]
+        pairs = [(k, v) for k, v in pairs if v is not _DROP]
+        if all(isinstance(k, str) for k, _ in pairs):
+            return dict(pairs)
+        if all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
+            return {_ITEMS: [[k, v] for k, v in pairs]}
+    if dropped is None:
+        raise CheckpointError(
+            f"cannot store {key} of type {type(obj).__name__}: checkpoints hold tensors and JSON "
+            "values (dict, list, str, int, float, bool, None) only"
+        )
+    dropped.append(key)
+    return _DROP
+
+
+def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of :func:`_encode`."""
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    if not isinstance(obj, dict):
+        return obj
+    if len(obj) == 1 and _TENSOR in obj:
+        return tensors[obj[_TENSOR]]
+    if len(obj) == 1 and _TUPLE in obj:
+        return tuple(_decode(v, tensors) for v in obj[_TUPLE])
+    if len(obj) == 1 and _ITEMS in obj:
+        return {k: _decode(v, tensors) for k, v in obj[_ITEMS]}
+    return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, dense, contiguous tensors, none sharing memory (tied weights are cloned)."""
+    out: dict[str, Tensor] = {}
+    seen: set[tuple[str, int]] = set()
+    for name, t in tensors.items():
+        t = t.detach()
+        if t.layout != torch.strided:
+            raise CheckpointError(
+                f"cannot store {name}: {t.layout} tensors are not supported; convert it with "
+                ".to_dense() before saving"
+            )
+        if not t.is_contiguous():
+            t = t.contiguous()
+        ptr = (str(t.device), t.untyped_storage().data_ptr())
+        if ptr[1] != 0 and ptr in seen:
+            t = t.clone()
+            ptr = (str(t.device), t.untyped_storage().data_ptr())
+        seen.add(ptr)
+        out[name] = t
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile``."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "module", None)  # DDP, DataParallel, look-alike wrappers
+            known = isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+            # A look-alike wraps exactly one child named `module` and holds no state itself.
+            bare = list(model._modules) == ["module"] and not model._parameters and not any(
+                b is not None for b in model._buffers.values()
+            )
+            if not isinstance(inner, nn.Module) or not (known or bare):
+                return model
+        model = inner
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(exc).split()) or "no details"
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _siblings(path: Path) -> list[Path]:
+    """Other checkpoints next to ``path``, newest first."""
+    try:
+        found = [
+            p for p in path.parent.glob("*.safetensors")
+            if p.name != path.name and not p.name.startswith(".tmp-") and p.is_file()
+        ]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+
+
+def _fallback(path: Path) -> str:
+    others = _siblings(path)
+    if others:
+        return f"resume from {others[0]}"
+    return "resume from an earlier checkpoint or restart the run"
+
+
+def _corrupted(path: PathLike, exc: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"cannot read checkpoint {path}: the file is truncated or corrupted ({_one_line(exc)}); "
+        f"delete it or {_fallback(Path(path))}"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- RNG
+
+
+def _rng_state(tensors: dict[str, Tensor]) -> dict[str, Any]:
+    tensors["rng.torch"] = torch.get_rng_state()
+    n_cuda = 0
+    # Only when CUDA is in use: querying every GPU would create a context on each of them.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+            n_cuda += 1
+    np_state = np.random.get_state()
+    if isinstance(np_state, tuple):  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
+        name, keys, *rest = np_state
+        np_state = [name, keys.tolist(), *(np.asarray(v).item() for v in rest)]
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": True,
+        "cuda": n_cuda,
+        "numpy": np_state,
+        "python": [version, list(internal), gauss],
+    }
+
+
+def _restore_rng(doc: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"].cpu())
+    if torch.cuda.is_available():
+        for i in range(min(int(doc.get("cuda", 0)), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"].cpu(), i)
+    np_state = doc["numpy"]
+    if isinstance(np_state, list):
+        name, keys, *rest = np_state
+        np_state = (name, np.asarray(keys, dtype=np.uint32), *rest)
+    np.random.set_state(np_state)
+    version, internal, gauss = doc["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    extra: dict[str, Any] | None = None,
+    rng: bool = True,
+) -> None:
+    """Atomically write model, optimizer, scheduler, RNG states and ``extra`` to one file.
+
+    Args:
+        path: target ``.safetensors`` file; its directory must exist. An existing file is
+            replaced only once the new one is completely on disk.
+        model: the model; a ``DistributedDataParallel``/``DataParallel``/``torch.compile``
+            wrapper is unwrapped, so keys never carry a ``module.`` prefix.
+        optimizer: its ``state_dict()`` (state tensors, step counts, ``param_groups``).
+        scheduler: a learning-rate scheduler; only the JSON part of its ``state_dict()`` is
+            kept (lambdas are code: rebuild them from the config), with a warning for anything
+            left out.
+        extra: JSON-serialisable dict (epoch, config, metrics, best score), returned by
+            :func:`load_checkpoint` and :func:`read_metadata`. Tuples come back as lists.
+        rng: also store torch (CPU and initialised CUDA), NumPy and Python RNG states.
+
+    Raises:
+        CheckpointError: missing directory, non-JSON ``extra``, unsupported state, or a failed
+            write (the previous checkpoint at ``path`` is then unchanged).
+    """
+    path = Path(path)
+    directory = path.parent
+    if not directory.is_dir():
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: directory {directory} does not exist; create it "
+            "first, e.g. Path(run_dir).mkdir(parents=True, exist_ok=True)"
+        )
+    if path.is_dir():
+        raise CheckpointError(f"cannot save checkpoint {path}: it is a directory; give a file path")
+    extra = {} if extra is None else extra
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"extra must be a dict, got {type(extra).__name__}")
+    for key, value in extra.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot save checkpoint {path}: extra[{key!r}] is not JSON-serialisable "
+                f"({_one_line(exc)}); convert it first (tensor.item(), dataclasses.asdict(cfg), "
+                "str(path))"
+            ) from exc
+
+    tensors: dict[str, Tensor] = {}
+    module = _unwrap(model)
+    objects = {}
+    for name, value in module.state_dict().items():
+        if isinstance(value, Tensor):
+            tensors[f"model.{name}"] = value
+        else:  # get_extra_state() values
+            objects[name] = _encode(value, f"model.{name}", tensors, None)
+    doc: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "torch_version": torch.__version__,
+        "model": {"class": type(module).__name__, "objects": objects},
+        "optim": None,
+        "sched": None,
+        "rng": None,
+        "extra": extra,
+    }
+    if optimizer is not None:
+        doc["optim"] = {
+            "class": type(optimizer).__name__,
+            "state": _encode(optimizer.state_dict(), "optim", tensors, None),
+        }
+    if scheduler is not None:
+        dropped: list[str] = []
+        doc["sched"] = {
+            "class": type(scheduler).__name__,
+            "state": _encode(scheduler.state_dict(), "sched", tensors, dropped),
+        }
+        if dropped:
+            warnings.warn(
+                f"scheduler state entries {dropped[:_MAX_LISTED]} are not JSON-serialisable and "
+                "were not saved; rebuild them from the config when resuming",
+                stacklevel=2,
+            )
+    if rng:
+        doc["rng"] = _rng_state(tensors)
+    metadata = {"format_version": str(FORMAT_VERSION), _META_KEY: json.dumps(doc)}
+    _atomic_write(_storable(tensors), metadata, path)
+
+
+def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
+    """Write to ``.tmp-*`` beside ``path``, fsync, then ``os.replace`` onto ``path``."""
+    try:
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+    except OSError as exc:
+        raise CheckpointError(
+            f"cannot save checkpoint {path}: cannot create a file in {path.parent} "
+            f"({_one_line(exc)}); check permissions and free space"
+        ) from exc
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, Exception):
+            raise CheckpointError(
+                f"cannot save checkpoint {path} ({_one_line(exc)}); the previous file, if any, "
+                "is unchanged"
+            ) from exc
+        raise
+    _fsync_dir(path.parent)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _read(path: PathLike, want: Callable[[str], bool]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Parsed sstorch JSON and the tensors whose key satisfies ``want`` (on CPU)."""
+    p = Path(path)
+    if not p.is_file():
+        if not p.parent.is_dir():
+            hint = f"directory {p.parent} does not exist"
+        elif others := _siblings(p):
+            hint = "checkpoints there: " + ", ".join(o.name for o in others[:_MAX_LISTED])
+        else:
+            hint = f"there is no checkpoint in {p.parent}"
+        raise CheckpointError(f"checkpoint not found: {path} ({hint}); check the path")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            if _META_KEY not in metadata:
+                raise CheckpointError(
+                    f"{path} is not an sstorch checkpoint (no '{_META_KEY}' metadata, found "
+                    f"{sorted(metadata)[:_MAX_LISTED]}); for a plain weights file use "
+                    "safetensors' load_file and model.load_state_dict, or pick the right file"
+                )
+            doc = json.loads(metadata[_META_KEY])
+            if not isinstance(doc, dict) or "extra" not in doc:
+                raise ValueError("sstorch metadata is not a checkpoint description")
+            version = doc.get("format_version")
+            if not isinstance(version, int) or version > FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{path} has checkpoint format {version!r}, newer than this sstorch's "
+                    f"{FORMAT_VERSION}; upgrade sstorch to read it"
+                )
+            tensors = {k: f.get_tensor(k) for k in f.keys() if want(k)}
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors, JSON and OS errors all mean an unusable file
+        raise _corrupted(path, exc) from exc
+    return doc, tensors
+
+
+def _strip(tensors: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _model_state(path: PathLike, doc: dict[str, Any], tensors: dict[str, Tensor]) -> dict:
+    state: dict[str, Any] = _strip(tensors, "model.")
+    try:
+        for name, value in (doc.get("model") or {}).get("objects", {}).items():
+            state[name] = _decode(value, tensors)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _corrupted(path, exc) from exc
+    return state
+
+
+def _mismatch(path: PathLike, problems: list[str]) -> CheckpointError:
+    listed = "; ".join(problems[:_MAX_LISTED])
+    more = f"; … {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    shapes = any(" shape " in p or "size mismatch" in p for p in problems)
+    loose = "" if shapes else ", or pass strict=False to ignore missing/unexpected keys"
+    return CheckpointError(
+        f"checkpoint {path} does not match the model ({len(problems)} differing keys: "
+        f"{listed}{more}); the checkpoint's config may not match the model: rebuild the model "
+        f"from the config it was trained with (see read_metadata){loose}"
+    )
+
+
+def _load_model(path: PathLike, model: nn.Module, state: dict, strict: bool) -> None:
+    """``model.load_state_dict`` with mismatches reported as one :class:`CheckpointError`."""
+    own = model.state_dict()
+    problems = [
+        f"{k}: shape {tuple(v.shape)} in file vs {tuple(own[k].shape)} in model"
+        for k, v in state.items()
+        if k in own and isinstance(v, Tensor) and isinstance(own[k], Tensor)
+        and v.shape != own[k].shape
+    ]
+    if strict:
+        problems += [f"missing {k}" for k in own if k not in state]
+    if problems:  # checked before loading, so the model is left untouched
+        raise _mismatch(path, problems)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise _mismatch(path, [_one_line(exc)]) from exc
+    if strict and (result.missing_keys or result.unexpected_keys):
+        problems = [f"missing {k}" for k in result.missing_keys]
+        problems += [f"unexpected {k}" for k in result.unexpected_keys]
+        raise _mismatch(path, problems)
+
+
+def _load_stateful(
+    path: PathLike, what: str, obj: Any, entry: dict[str, Any] | None,
+    tensors: dict[str, Tensor], strict: bool,
+) -> None:
+    """Load an optimizer's or scheduler's state saved by :func:`save_checkpoint`."""
+    if entry is None:
+        msg = (f"checkpoint {path} has no {what} state (it was saved without one); pass "
+               f"{what}=None to load the weights only")
+        if strict:
+            raise CheckpointError(msg)
+        warnings.warn(msg, stacklevel=3)
+        return
+    saved_class = entry.get("class")
+    if saved_class != type(obj).__name__:
+        raise CheckpointError(
+            f"checkpoint {path} holds {saved_class} {what} state but a {type(obj).__name__} was "
+            f"given; build the {what} from the checkpoint's config"
+        )
+    try:
+        state = _decode(entry["state"], tensors)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise _corrupted(path, exc) from exc
+    try:
+        obj.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{what} state in {path} does not match the {what} ({_one_line(exc)}); build it with "
+            f"the checkpoint's config (same parameter groups, in the same order), or pass "
+            f"{what}=None"
+        ) from exc
+
+
+def load_checkpoint(
+    path: PathLike,
+    model: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote into the given objects; return ``extra``.
+
+    Order: model (wrappers unwrapped; pruning masks recreated by :class:`SeparableLinear`),
+    optimizer (state tensors are cast to its parameters' device by PyTorch), scheduler (its
+    lambdas come from the config you rebuilt it with), then RNG states — restore last, right
+    before training continues. CUDA states are restored for the GPUs present.
+
+    Args:
+        map_location: device for the state tensors handed to ``load_state_dict``.
+        strict: require the model's and the file's keys to match exactly, and the file to hold
+            optimizer/scheduler state when those are given. With ``strict=False`` missing or
+            unexpected keys are ignored and absent optimizer/scheduler state only warns; shape
+            mismatches always fail.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupted or foreign file, or a mismatch with the
+            model, optimizer or scheduler. File problems are found before anything is modified;
+            a model mismatch is reported before the model is touched, except unexpected keys
+            found by ``load_state_dict`` itself (every matching entry is then already loaded).
+    """
+    prefixes = tuple(
+        p for p, on in (("model.", model is not None), ("optim.", optimizer is not None),
+                        ("sched.", scheduler is not None), ("rng.", restore_rng)) if on
+    )
+    doc, tensors = _read(path, lambda k: k.startswith(prefixes))
+    if map_location is not None:
+        device = torch.device(map_location)
+        tensors = {k: v if k.startswith("rng.") else v.to(device) for k, v in tensors.items()}
+    if model is not None:
+        _load_model(path, _unwrap(model), _model_state(path, doc, tensors), strict)
+    if optimizer is not None:
+        _load_stateful(path, "optimizer", optimizer, doc.get("optim"), tensors, strict)
+    if scheduler is not None:
+        _load_stateful(path, "scheduler", scheduler, doc.get("sched"), tensors, strict)
+    if restore_rng and doc.get("rng") is not None:
+        try:
+            _restore_rng(doc["rng"], tensors)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise _corrupted(path, exc) from exc
+    return doc["extra"]
+
+
+def load_weights(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Only the model's ``state_dict`` (no ``model.`` prefix), e.g. for evaluation or export."""
+    doc, tensors = _read(path, lambda k: k.startswith("model."))
+    state = _model_state(path, doc, tensors)
+    device = torch.device(map_location)
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The ``extra`` dict of a checkpoint, read from the header only (no tensor data)."""
+    doc, _ = _read(path, lambda k: False)
+    return doc["extra"]
