@@ -47,7 +47,37 @@ def _cmd_summary(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="sstorch train",
+        description="Adversarially train a (separable) classifier. With no arguments: the "
+        "default separable MLP on Fashion-MNIST with PGD training and both factor constraints.",
+    )
+    p.add_argument("--config", help="YAML config (see configs/); default: built-in defaults")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override config keys, e.g. --set epochs=3 optim.lr=0.05")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    args = p.parse_args(argv)
+
+    from .config import load_config
+
+    if args.resume and not args.config:
+        from pathlib import Path
+
+        cfg_path = Path(args.resume) / "config.yaml"
+        if not cfg_path.is_file():
+            raise ValueError(f"cannot resume: {cfg_path} not found; is {args.resume} a run "
+                             "directory made by `sstorch train`?")
+        args.config = str(cfg_path)
+    cfg = load_config(args.config, args.set)
+    from .train import train
+
+    train(cfg, resume=args.resume)
+    return 0
+
+
 COMMANDS = {
+    "train": (_cmd_train, "adversarial training (default: separable MLP on Fashion-MNIST)"),
     "bench": (_cmd_bench, "layer speed benchmark: SeparableLinear vs nn.Linear vs tensorly-torch"),
     "summary": (_cmd_summary, "separate VGG-16 or a ViT and print the accounting"),
 }
@@ -66,7 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sstorch: unknown command {cmd!r}; choose from {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    return COMMANDS[cmd][0](rest)
+    from .train import TrainingDiverged
+
+    try:
+        return COMMANDS[cmd][0](rest)
+    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
+        # Configuration, data, checkpoint and divergence errors carry an actionable message;
+        # a traceback adds nothing for the user (set SSTORCH_DEBUG=1 to see it).
+        import os
+
+        if os.environ.get("SSTORCH_DEBUG"):
+            raise
+        print(f"sstorch {cmd}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

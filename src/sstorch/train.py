@@ -1,0 +1,379 @@
+"""Adversarial training: PGD (Madry), TRADES, fast FGSM or none, with the factor constraints.
+
+One run = one directory ``<out_dir>/<name>`` holding ``config.yaml`` (resolved), ``metrics.csv``,
+TensorBoard events (when tensorboard is installed), ``best.safetensors`` (by validation robust
+accuracy), ``last.safetensors`` and ``summary.json``. ``--resume RUN_DIR`` continues from
+``last.safetensors`` exactly (same weights as an uninterrupted run in deterministic mode).
+
+Multi-GPU: ``torchrun --nproc_per_node=N -m sstorch train ...`` runs DistributedDataParallel
+(NCCL on GPUs, gloo on CPU); rank 0 logs and writes checkpoints; metrics are summed across ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from .attacks import FGSM, PGD, trades_adversary
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config
+from .constraints import FactorRegularizer, layer_stats, prune_factors
+from .data import DATASET_INFO, build_datasets, canonical_name
+from .models import build_model
+from .summary import summary
+
+__all__ = ["TrainingDiverged", "evaluate", "train"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed(device_pref: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return _Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def _device(pref: str, d: _Dist) -> torch.device:
+    if pref == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is available; use device=auto or cpu")
+    if pref == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", d.local_rank)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _lr_lambda(cfg: Config, total_steps: int):
+    o = cfg.optim
+    milestones = [int(m * total_steps) if m < 1 else int(m) for m in o.milestones]
+
+    def fn(step: int) -> float:
+        t = step / max(total_steps, 1)
+        if o.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if o.schedule == "multistep":
+            return o.gamma ** sum(step >= m for m in milestones)
+        if o.schedule == "onecycle":  # linear up to the peak at 30%, linear down to 0
+            return t / 0.3 if t < 0.3 else max(0.0, (1 - t) / 0.7)
+        return 1.0
+
+    return fn
+
+
+def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                               weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+
+
+def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The training loss and the logits on the adversarial (or clean) inputs."""
+    a = cfg.attack
+    if a.name == "none" or a.eps == 0:
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+    model.eval()  # craft the attack without touching batch-norm statistics
+    if a.name == "pgd":
+        x_adv = PGD(a.eps, a.step_size, a.steps, random_start=a.random_start)(model, x, y)
+    elif a.name == "fgsm":
+        x_adv = FGSM(a.eps, step_size=a.step_size, random_start=a.random_start)(model, x, y)
+    else:
+        x_adv = trades_adversary(model, x, a.eps, a.step_size, a.steps)
+    model.train()
+    if a.name == "trades":
+        logits_clean = model(x)
+        logits_adv = model(x_adv)
+        robust = F.kl_div(F.log_softmax(logits_adv, 1), F.softmax(logits_clean, 1),
+                          reduction="batchmean")
+        return F.cross_entropy(logits_clean, y) + a.trades_beta * robust, logits_adv
+    logits = model(x_adv)
+    return F.cross_entropy(logits, y), logits
+
+
+def _shard(dataset, d: _Dist):
+    """Every rank evaluates a disjoint slice; sums are all-reduced (no padding duplicates)."""
+    if d.world == 1:
+        return dataset
+    return Subset(dataset, list(range(d.rank, len(dataset), d.world)))
+
+
+def _all_sum(values: list[float], device: torch.device, d: _Dist) -> list[float]:
+    if d.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
+             attack: PGD | None = None, d: _Dist | None = None) -> dict[str, float]:
+    """Clean accuracy and (if ``attack``) robust accuracy, summed over ranks.
+
+    Only examples classified correctly on clean inputs are attacked (an error stays an error).
+    """
+    d = d or _Dist()
+    model.eval()
+    correct = robust = total = 0.0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        correct += ok.sum().item()
+        total += y.numel()
+        if attack is not None and ok.any():
+            xa = attack(model, x[ok], y[ok])
+            with torch.no_grad():
+                robust += (model(xa).argmax(1) == y[ok]).sum().item()
+    correct, robust, total = _all_sum([correct, robust, total], device, d)
+    out = {"clean_acc": correct / max(total, 1), "n": int(total)}
+    if attack is not None:
+        out["robust_acc"] = robust / max(total, 1)
+    return out
+
+
+def _write_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    if not new:
+        with path.open() as f:
+            header = next(csv.reader(f), [])
+        if header != list(row):  # columns changed (e.g. resume with new layers): rewrite
+            with path.open() as f:
+                old = list(csv.DictReader(f))
+            keys = list(dict.fromkeys(header + list(row)))
+            with path.open("w", newline="") as f:
+                w = csv.DictWriter(f, keys)
+                w.writeheader()
+                w.writerows([*old, row])
+            return
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _subset(ds, n: int | None):
+    return ds if n is None or n >= len(ds) else Subset(ds, list(range(n)))
+
+
+def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
+    """Train (or resume) a run; returns its directory. See the module docstring."""
+    d = _setup_distributed(cfg.device)
+    device = _device(cfg.device, d)
+    _seed_everything(cfg.seed + d.rank, cfg.deterministic)
+    run_dir = Path(resume) if resume is not None else Path(cfg.out_dir) / cfg.name
+    if resume is not None and not (run_dir / "last.safetensors").is_file():
+        raise CheckpointError(f"cannot resume: {run_dir / 'last.safetensors'} does not exist; "
+                              "pass the run directory of an earlier `sstorch train`")
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    train_ds, val_ds, test_ds = build_datasets(
+        cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
+        augment=cfg.data.augment, download=cfg.data.download)
+    info = DATASET_INFO[canonical_name(cfg.data.name)]
+    train_ds = _subset(train_ds, cfg.data.train_subset)
+    test_ds = _subset(test_ds, cfg.data.test_subset)
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    model.to(device)
+    if d.world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if device.type == "cuda" else None)
+    core = _unwrap(model)
+
+    sampler = (torch.utils.data.DistributedSampler(train_ds, d.world, d.rank, shuffle=True,
+                                                   seed=cfg.seed) if d.world > 1 else None)
+    per_rank_batch = max(1, cfg.data.batch_size // d.world)
+    steps_per_epoch = math.ceil(len(train_ds) / (per_rank_batch * d.world))
+    opt = _optimizer(cfg, model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
+    c = cfg.constraints
+    reg = FactorRegularizer(core, c.lambda_sparsity, c.lambda_cond, sparsity=c.sparsity,
+                            cond=c.cond, a=c.a)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, best = 1, -1.0
+    if resume is not None:
+        extra = load_checkpoint(run_dir / "last.safetensors", core, opt, sched)
+        start_epoch, best = int(extra["epoch"]) + 1, float(extra.get("best", -1.0))
+        if d.main:
+            log(f"resumed {run_dir} at epoch {start_epoch}")
+    eval_bs = cfg.data.eval_batch_size
+    val_loader = (DataLoader(_shard(val_ds, d), eval_bs, num_workers=cfg.data.num_workers)
+                  if val_ds is not None and len(val_ds) > 0 else None)
+    val_attack = (PGD(cfg.attack.eps, cfg.attack.step_size, cfg.eval.val_pgd_steps)
+                  if cfg.attack.eps > 0 else None)
+    writer = _tensorboard(run_dir) if d.main else None
+    if d.main:
+        s = summary(core)
+        log(f"model {cfg.model.name} ({'separable' if cfg.model.separable else 'dense'}): "
+            f"{s.total_params:,} params, compression {s.compression:.1f}x; device {device}"
+            f"{f' x{d.world}' if d.world > 1 else ''}; run dir {run_dir}")
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        loader = DataLoader(train_ds, per_rank_batch, shuffle=sampler is None, sampler=sampler,
+                            generator=gen, num_workers=cfg.data.num_workers, drop_last=False)
+        sums = [0.0, 0.0, 0.0]  # loss·n, adversarial correct, n
+        bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not d.main,
+                   leave=False, dynamic_ncols=True, file=sys.stderr)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss, logits = _adv_loss(cfg, model, x, y)
+                total = loss + reg()
+            if not torch.isfinite(total):
+                raise TrainingDiverged(
+                    f"loss became {total.item()} at epoch {epoch}; training stopped. The last "
+                    f"good checkpoint is {run_dir / 'last.safetensors'}. Lower optim.lr or the "
+                    "constraint weights.")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.optim.grad_clip:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            n = y.numel()
+            sums[0] += loss.item() * n
+            sums[1] += (logits.argmax(1) == y).sum().item()
+            sums[2] += n
+            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", adv_acc=f"{sums[1] / sums[2]:.3f}")
+        bar.close()
+        loss_sum, adv_correct, n_seen = _all_sum(sums, device, d)
+
+        p = cfg.prune
+        if p.target > 0 and p.start_epoch <= epoch:
+            frac = min(1.0, (epoch - p.start_epoch + 1) / (p.end_epoch - p.start_epoch + 1))
+            prune_factors(core, p.target * frac)
+
+        val = evaluate(model, val_loader, device, val_attack, d) if val_loader else {}
+        score = val.get("robust_acc", val.get("clean_acc", adv_correct / max(n_seen, 1)))
+        row: dict[str, Any] = {
+            "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+            "train_loss": loss_sum / max(n_seen, 1), "train_adv_acc": adv_correct / max(n_seen, 1),
+            "val_clean_acc": val.get("clean_acc", float("nan")),
+            "val_robust_acc": val.get("robust_acc", float("nan")),
+            "reg_sparsity": reg.last.get("sparsity", 0.0), "reg_cond": reg.last.get("cond", 0.0),
+            "epoch_seconds": time.perf_counter() - t0,
+        }
+        for st in layer_stats(core):
+            row[f"kappa/{st.name}"] = st.kappa
+            row[f"nnz/{st.name}"] = st.nnz
+        if d.main:
+            _write_csv(run_dir / "metrics.csv", row)
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "epoch":
+                        writer.add_scalar(k, v, epoch)
+                writer.flush()
+            extra = {"epoch": epoch, "best": max(best, score), "config": cfg.to_dict(),
+                     "metrics": row}
+            if score > best:
+                best = score
+                save_checkpoint(run_dir / "best.safetensors", core, extra=extra, rng=False)
+            save_checkpoint(run_dir / "last.safetensors", core, opt, sched, extra=extra)
+            log(f"epoch {epoch}: loss {row['train_loss']:.4f}  train adv acc "
+                f"{row['train_adv_acc']:.4f}  val clean {row['val_clean_acc']:.4f}  val robust "
+                f"{row['val_robust_acc']:.4f}  ({row['epoch_seconds']:.1f} s)")
+        if d.world > 1:
+            dist.barrier()
+
+    # Final evaluation of the best checkpoint on the test set.
+    if (run_dir / "best.safetensors").is_file():
+        load_checkpoint(run_dir / "best.safetensors", core, restore_rng=False)
+    test_loader = DataLoader(_shard(test_ds, d), eval_bs, num_workers=cfg.data.num_workers)
+    if cfg.eval.n is not None:
+        test_loader = DataLoader(_shard(_subset(test_ds, cfg.eval.n), d), eval_bs)
+    t0 = time.perf_counter()
+    test_attack = (PGD(cfg.attack.eps, cfg.attack.step_size, cfg.eval.pgd_steps,
+                       restarts=cfg.eval.pgd_restarts) if cfg.attack.eps > 0 else None)
+    test = evaluate(model, test_loader, device, test_attack, d)
+    if d.main:
+        s = summary(core)
+        result = {
+            "run_dir": str(run_dir), "model": cfg.model.name, "separable": cfg.model.separable,
+            "dataset": cfg.data.name, "params": s.total_params, "nnz": s.total_nnz,
+            "compression": s.compression, "fc_compression": s.fc_compression,
+            "test_clean_acc": test["clean_acc"],
+            f"test_pgd{cfg.eval.pgd_steps}_acc": test.get("robust_acc"),
+            "test_n": test["n"], "eps": cfg.attack.eps,
+            "eval_seconds": time.perf_counter() - t0,
+            "layers": [st.__dict__ for st in layer_stats(core)],
+        }
+        (run_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        log(f"test: clean {test['clean_acc']:.4f}, PGD-{cfg.eval.pgd_steps} (ε={cfg.attack.eps}) "
+            f"{test.get('robust_acc', float('nan')):.4f} on {test['n']} images")
+        log(f"results in {run_dir}/ (summary.json, metrics.csv, best.safetensors)")
+    if writer is not None:
+        writer.close()
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return run_dir
