@@ -35,7 +35,7 @@ class DataConfig:
     name: str = "fashion-mnist"
     root: str | None = None
     download: bool = False
-    val_size: float = 5000  # examples (≥ 1) or a fraction (< 1) of the training set
+    val_size: float | None = None  # examples (≥ 1), a fraction (< 1), None = dataset default
     batch_size: int = 128
     eval_batch_size: int = 512
     augment: bool = True
@@ -47,7 +47,7 @@ class DataConfig:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError(f"data.batch_size and data.eval_batch_size must be ≥ 1, got "
                               f"{self.batch_size} and {self.eval_batch_size}")
-        if self.val_size < 0:
+        if self.val_size is not None and self.val_size < 0:
             raise ConfigError(f"data.val_size must be ≥ 0, got {self.val_size}")
         for k in ("train_subset", "test_subset"):
             v = getattr(self, k)
@@ -95,7 +95,7 @@ class AttackConfig:
 
     name: str = "pgd"  # pgd (Madry), trades, fgsm (random start, "fast AT"), none
     eps: float = 0.1
-    step_size: float = 0.01
+    step_size: float = 0.02
     steps: int = 10
     random_start: bool = True
     trades_beta: float = 6.0
@@ -134,8 +134,8 @@ class OptimConfig:
 
 @dataclass
 class ConstraintConfig:
-    lambda_sparsity: float = 0.0
-    lambda_cond: float = 0.0
+    lambda_sparsity: float = 1e-5
+    lambda_cond: float = 1e-3
     sparsity: str = "l1"  # l1, tl1
     cond: str = "logdet"  # logdet, logkappa
     a: float = 1.0  # transformed-L1 shape
