@@ -1,0 +1,318 @@
+"""Tests for :mod:`sstorch.kronecker`: Kronecker algebra, mode products, nearest Kronecker.
+
+Every reference in this file is built independently of the code under test: dense weights come
+from explicit ``torch.kron`` chains or from the index definition of the mode product (einsum),
+and the Van Loan–Pitsianis optimum is recomputed with numpy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import re
+import string
+
+import numpy as np
+import pytest
+import torch
+
+from sstorch.kronecker import kron, kron_sum, mode_products, nearest_kronecker
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state (nn.Linear init, torch.randn)."""
+    torch.manual_seed(0)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def explicit_dense(factors: list[torch.Tensor]) -> torch.Tensor:
+    """``Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` by a plain ``torch.kron`` chain (row-major convention)."""
+    total = None
+    for r in range(factors[0].shape[0]):
+        term = factors[0][r]
+        for u in factors[1:]:
+            term = torch.kron(term, u[r])
+        total = term if total is None else total + term
+    return total
+
+
+def einsum_mode_products(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
+    """``Y[b, i_1..i_K] = Σ_r Σ_j X[b, j_1..j_K] Π_k U_k[r, i_k, j_k]`` from the definition."""
+    k = len(factors)
+    ins, outs = string.ascii_lowercase[:k], string.ascii_uppercase[:k]
+    eq = "z" + ins + "," + ",".join(f"y{o}{i}" for o, i in zip(outs, ins, strict=True))
+    return torch.einsum(eq + "->z" + outs, x, *factors)
+
+
+def random_factors(rank, out_shape, in_shape, seed=0, dtype=F64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(rank, m, n, generator=g, dtype=dtype)
+            for m, n in zip(out_shape, in_shape, strict=True)]
+
+
+def random_shapes(k: int, seed: int, lo: int = 1, hi: int = 5):
+    rng = random.Random(seed)
+    return ([rng.randint(lo, hi) for _ in range(k)], [rng.randint(lo, hi) for _ in range(k)])
+
+
+def vlp_optimal_error(w: np.ndarray, in_shape, out_shape, rank: int) -> float:
+    """Van Loan–Pitsianis: best rank-R Kronecker-sum error of a K = 2 weight, via numpy SVD."""
+    (m1, m2), (n1, n2) = out_shape, in_shape
+    # W[(i1 i2), (j1 j2)] -> R[(i1 j1), (i2 j2)], so that A ⊗ B -> vec(A) vec(B)^T.
+    rearranged = w.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+    s = np.linalg.svd(rearranged, compute_uv=False)
+    return float(np.sqrt(np.sum(s[rank:] ** 2)) / np.linalg.norm(w))
+
+
+# --------------------------------------------------------------------------- kron / kron_sum
+
+
+def test_kron_is_row_major_kronecker_product():
+    a = torch.arange(6, dtype=F64).reshape(2, 3)
+    b = torch.arange(4, dtype=F64).reshape(2, 2) + 1
+    w = kron(a, b)
+    assert w.shape == (4, 6)
+    for i1 in range(2):
+        for i2 in range(2):
+            for j1 in range(3):
+                for j2 in range(2):
+                    assert w[i1 * 2 + i2, j1 * 2 + j2] == a[i1, j1] * b[i2, j2]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_kron_matches_torch_kron_chain(k):
+    out_shape, in_shape = random_shapes(k, seed=k)
+    mats = [f[0] for f in random_factors(1, out_shape, in_shape, seed=k)]
+    expected = mats[0]
+    for m in mats[1:]:
+        expected = torch.kron(expected, m)
+    torch.testing.assert_close(kron(*mats), expected, rtol=0, atol=0)
+
+
+def test_kron_without_matrices_raises():
+    with pytest.raises(ValueError, match="at least one"):
+        kron()
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_kron_sum_matches_explicit_sum(k, rank):
+    out_shape, in_shape = random_shapes(k, seed=10 * k + rank)
+    factors = random_factors(rank, out_shape, in_shape, seed=rank)
+    w = kron_sum(factors)
+    assert w.shape == (math.prod(out_shape), math.prod(in_shape))
+    torch.testing.assert_close(w, explicit_dense(factors), rtol=1e-14, atol=1e-14)
+
+
+# --------------------------------------------------------------------------- mode_products
+
+
+@pytest.mark.parametrize(
+    ("rank", "strategy"),
+    [(1, "auto"), (1, "cyclic"), (1, "unfold"), (2, "auto"), (2, "cyclic"), (3, "cyclic")],
+)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_mode_products_matches_dense_and_definition(k, rank, strategy):
+    out_shape, in_shape = random_shapes(k, seed=100 * k + rank)
+    factors = random_factors(rank, out_shape, in_shape, seed=k + rank)
+    x = torch.randn(3, *in_shape, dtype=F64, generator=torch.Generator().manual_seed(7))
+    y = mode_products(x, factors, strategy=strategy)
+    assert y.shape == (3, *out_shape)
+    w = explicit_dense(factors)
+    torch.testing.assert_close(y.flatten(1), x.flatten(1) @ w.T, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y, einsum_mode_products(x, factors), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "out_shape"),
+    [
+        ((12, 2, 3), (4, 5, 2)),  # n_1 > Π n_{k>1}: auto picks unfold
+        ((2, 6, 5), (3, 2, 4)),  # n_1 < Π n_{k>1}: auto picks cyclic
+        ((7,), (3,)),  # K = 1
+        ((1, 5), (4, 1)),  # unit modes
+    ],
+)
+def test_strategies_agree(in_shape, out_shape):
+    factors = random_factors(1, out_shape, in_shape, seed=3)
+    x = torch.randn(4, *in_shape, dtype=F64)
+    cyclic = mode_products(x, factors, strategy="cyclic")
+    unfold = mode_products(x, factors, strategy="unfold")
+    auto = mode_products(x, factors)
+    torch.testing.assert_close(cyclic, unfold, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(auto, cyclic, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        cyclic.flatten(1), x.flatten(1) @ explicit_dense(factors).T, rtol=1e-12, atol=1e-12
+    )
+
+
+def test_mode_products_non_contiguous_input():
+    factors = random_factors(2, (3, 4), (5, 6), seed=1)
+    x = torch.randn(6, 5, 4, dtype=F64).permute(2, 1, 0)  # (4, 5, 6), non-contiguous
+    assert not x.is_contiguous()
+    expected = x.contiguous().flatten(1) @ explicit_dense(factors).T
+    torch.testing.assert_close(mode_products(x, factors).flatten(1), expected)
+
+
+def test_unfold_with_rank_above_one_raises():
+    factors = random_factors(2, (3, 4), (5, 6))
+    with pytest.raises(ValueError, match="rank 1"):
+        mode_products(torch.randn(2, 5, 6, dtype=F64), factors, strategy="unfold")
+
+
+@pytest.mark.parametrize("strategy", ["", "dense", "Cyclic", "unfolded"])
+def test_unknown_strategy_raises(strategy):
+    factors = random_factors(1, (3, 4), (5, 6))
+    with pytest.raises(ValueError, match=f"got {strategy!r}"):
+        mode_products(torch.randn(2, 5, 6, dtype=F64), factors, strategy=strategy)
+
+
+def test_mode_products_gradcheck():
+    factors = [f.requires_grad_() for f in random_factors(2, (2, 3, 2), (3, 2, 2), seed=5)]
+    x = torch.randn(2, 3, 2, 2, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *fs: mode_products(x, list(fs)), (x, *factors))
+
+
+# --------------------------------------------------------------------------- nearest_kronecker
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "out_shape"),
+    [((4, 5), (3, 6)), ((2, 3, 4), (3, 2, 2)), ((2, 3, 2, 2), (2, 2, 3, 1))],
+    ids=["K2", "K3", "K4"],
+)
+def test_nearest_kronecker_exact_for_kronecker_product(in_shape, out_shape):
+    factors = random_factors(1, out_shape, in_shape, seed=11)
+    w = explicit_dense(factors)
+    found, err = nearest_kronecker(w, in_shape, out_shape)
+    expected_shapes = [(1, m, n) for m, n in zip(out_shape, in_shape, strict=True)]
+    assert [tuple(f.shape) for f in found] == expected_shapes
+    assert err < 1e-10
+    torch.testing.assert_close(explicit_dense(found), w, rtol=1e-10, atol=1e-12)
+
+
+def test_nearest_kronecker_exact_for_rank2_sum_k2():
+    in_shape, out_shape = (4, 5), (3, 6)
+    w = explicit_dense(random_factors(2, out_shape, in_shape, seed=12))
+    found, err = nearest_kronecker(w, in_shape, out_shape, rank=2)
+    assert err < 1e-10
+    torch.testing.assert_close(explicit_dense(found), w, rtol=1e-10, atol=1e-12)
+    # One term is not enough for a generic rank-2 sum.
+    _, err1 = nearest_kronecker(w, in_shape, out_shape, rank=1)
+    assert err1 > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nearest_kronecker_rank2_sum_k3_cp_als(seed):
+    # CP-ALS stops at ~1e-9..1e-8 on these (its error estimate cancels below sqrt(eps)).
+    in_shape, out_shape = (3, 4, 2), (2, 3, 4)
+    w = explicit_dense(random_factors(2, out_shape, in_shape, seed=20 + seed))
+    found, err = nearest_kronecker(w, in_shape, out_shape, rank=2)
+    assert err < 1e-6
+    true_err = float((w - explicit_dense(found)).norm() / w.norm())
+    assert true_err < 1e-6
+    assert err == pytest.approx(true_err, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("in_shape", "out_shape", "rank"),
+    [((4, 5), (3, 6), 1), ((4, 5), (3, 6), 3), ((2, 3, 4), (3, 2, 2), 1),
+     ((2, 3, 4), (3, 2, 2), 2), ((2, 2, 2, 3), (2, 3, 1, 2), 1)],
+)
+def test_nearest_kronecker_reported_error_is_true_error(in_shape, out_shape, rank):
+    w = torch.randn(math.prod(out_shape), math.prod(in_shape), dtype=F64)
+    found, err = nearest_kronecker(w, in_shape, out_shape, rank=rank)
+    true_err = float((w - explicit_dense(found)).norm() / w.norm())
+    assert 0 < err <= 1
+    assert err == pytest.approx(true_err, rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3, 5])
+def test_nearest_kronecker_k2_is_van_loan_pitsianis_optimum(rank):
+    in_shape, out_shape = (4, 3), (5, 2)
+    w = torch.randn(10, 12, dtype=F64, generator=torch.Generator().manual_seed(rank))
+    found, err = nearest_kronecker(w, in_shape, out_shape, rank=rank)
+    optimum = vlp_optimal_error(w.numpy(), in_shape, out_shape, rank)
+    assert err == pytest.approx(optimum, rel=1e-10, abs=1e-13)
+    assert float((w - explicit_dense(found)).norm() / w.norm()) == pytest.approx(optimum, rel=1e-9)
+
+
+def test_nearest_kronecker_k2_error_non_increasing_in_rank():
+    in_shape, out_shape = (4, 3), (5, 2)  # rearranged matrix is 20 x 6: at most 6 terms
+    w = torch.randn(10, 12, dtype=F64, generator=torch.Generator().manual_seed(0))
+    errors = [nearest_kronecker(w, in_shape, out_shape, rank=r)[1] for r in range(1, 8)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(errors))
+    assert errors[0] > errors[4]  # strictly better somewhere, not constant
+    assert errors[5] < 1e-10 and errors[6] < 1e-10  # full rank (and beyond) is exact
+
+
+def test_nearest_kronecker_rank_above_available_terms_is_padded():
+    in_shape, out_shape = (2, 1), (1, 2)  # rearranged matrix is 2 x 2: at most 2 terms
+    w = torch.randn(2, 2, dtype=F64)
+    found, err = nearest_kronecker(w, in_shape, out_shape, rank=4)
+    assert [tuple(f.shape) for f in found] == [(4, 1, 2), (4, 2, 1)]
+    assert all(torch.isfinite(f).all() for f in found)
+    assert err < 1e-12
+    torch.testing.assert_close(explicit_dense(found), w)
+
+
+@pytest.mark.parametrize(("in_shape", "out_shape"), [((3, 4), (2, 3)), ((2, 2, 3), (1, 2, 3))])
+def test_nearest_kronecker_zero_weight(in_shape, out_shape):
+    w = torch.zeros(math.prod(out_shape), math.prod(in_shape), dtype=F64)
+    found, err = nearest_kronecker(w, in_shape, out_shape)
+    assert err == 0.0
+    for f in found:
+        assert torch.isfinite(f).all()
+    assert explicit_dense(found).abs().max() == 0
+
+
+def test_nearest_kronecker_single_mode_returns_weight():
+    w = torch.randn(3, 5, dtype=F64)
+    found, err = nearest_kronecker(w, (5,), (3,))
+    assert err == 0.0
+    assert len(found) == 1 and found[0].shape == (1, 3, 5)
+    torch.testing.assert_close(found[0][0], w, rtol=0, atol=0)
+    found[0].add_(1)  # a copy, not a view of the weight
+    assert not torch.equal(found[0][0], w)
+    with pytest.raises(ValueError, match="rank=1"):
+        nearest_kronecker(w, (5,), (3,), rank=2)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+@pytest.mark.parametrize(("in_shape", "out_shape"), [((4, 5), (3, 6)), ((2, 3, 4), (3, 2, 2))])
+def test_nearest_kronecker_balances_factor_norms(in_shape, out_shape, rank):
+    w = torch.randn(math.prod(out_shape), math.prod(in_shape), dtype=F64)
+    found, _ = nearest_kronecker(w, in_shape, out_shape, rank=rank)
+    for r in range(rank):
+        norms = torch.stack([f[r].norm() for f in found])
+        torch.testing.assert_close(norms, norms.mean().expand_as(norms), rtol=1e-10, atol=0)
+
+
+def test_nearest_kronecker_keeps_dtype_and_detaches():
+    w = torch.randn(6, 12, requires_grad=True)  # float32
+    found, err = nearest_kronecker(w, (3, 4), (2, 3))
+    assert all(f.dtype == torch.float32 and not f.requires_grad for f in found)
+    assert isinstance(err, float) and 0 < err <= 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_shape", "out_shape"),
+    [((6, 11), (3, 4), (2, 3)), ((7, 12), (3, 4), (2, 3)), ((12, 6), (3, 4), (2, 3)),
+     ((72,), (3, 4), (2, 3)), ((2, 6, 12), (3, 4), (2, 3))],
+)
+def test_nearest_kronecker_wrong_weight_shape_raises(shape, in_shape, out_shape):
+    w = torch.randn(*shape, dtype=F64)
+    with pytest.raises(ValueError, match=r"\(6, 12\).*got " + re.escape(str(shape))):
+        nearest_kronecker(w, in_shape, out_shape)
+
+
+def test_nearest_kronecker_mismatched_modes_raises():
+    # Same products (12 = 3*4, 6 = 6), different number of modes: must be a clear ValueError,
+    # not an error from deep inside the rearrangement.
+    with pytest.raises(ValueError, match="modes"):
+        nearest_kronecker(torch.randn(6, 12, dtype=F64), (3, 4), (6,))
