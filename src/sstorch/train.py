@@ -306,6 +306,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             sums[2] += n
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", adv_acc=f"{sums[1] / sums[2]:.3f}")
         bar.close()
+        train_seconds = time.perf_counter() - t0
         loss_sum, adv_correct, n_seen = _all_sum(sums, device, d)
 
         p = cfg.prune
@@ -321,7 +322,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             "val_clean_acc": val.get("clean_acc", float("nan")),
             "val_robust_acc": val.get("robust_acc", float("nan")),
             "reg_sparsity": reg.last.get("sparsity", 0.0), "reg_cond": reg.last.get("cond", 0.0),
-            "epoch_seconds": time.perf_counter() - t0,
+            "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - t0,
         }
         for st in layer_stats(core):
             row[f"kappa/{st.name}"] = st.kappa
