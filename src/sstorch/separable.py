@@ -109,9 +109,9 @@ class SeparableLinear(nn.Module):
                 f"in_shape {self.in_shape} and out_shape {self.out_shape} must have the same "
                 "number of modes; pad the shorter one with 1s, e.g. (10,) -> (1, 10)"
             )
-        if not isinstance(rank, int) or rank < 1:
+        if not isinstance(rank, numbers.Integral) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive int, got {rank!r}")
-        self.rank = rank
+        self.rank = int(rank)
         self.flatten = bool(flatten)
         self.in_features = math.prod(self.in_shape)
         self.out_features = math.prod(self.out_shape)
