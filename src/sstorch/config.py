@@ -181,7 +181,7 @@ class Config:
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA only
-    epochs: int = 10
+    epochs: int = 20
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
