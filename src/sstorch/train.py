@@ -117,19 +117,25 @@ def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
-def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The training loss and the logits on the adversarial (or clean) inputs."""
+def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
+              core: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+    """The training loss and the logits on the adversarial (or clean) inputs.
+
+    The attack is crafted on ``core`` (the unwrapped model: no DDP gradient sync for input
+    gradients) in eval mode, so batch-norm statistics see only the training forward.
+    """
     a = cfg.attack
+    core = core if core is not None else model
     if a.name == "none" or a.eps == 0:
         logits = model(x)
         return F.cross_entropy(logits, y), logits
-    model.eval()  # craft the attack without touching batch-norm statistics
+    core.eval()
     if a.name == "pgd":
-        x_adv = PGD(a.eps, a.step_size, a.steps, random_start=a.random_start)(model, x, y)
+        x_adv = PGD(a.eps, a.step_size, a.steps, random_start=a.random_start)(core, x, y)
     elif a.name == "fgsm":
-        x_adv = FGSM(a.eps, step_size=a.step_size, random_start=a.random_start)(model, x, y)
+        x_adv = FGSM(a.eps, step_size=a.step_size, random_start=a.random_start)(core, x, y)
     else:
-        x_adv = trades_adversary(model, x, a.eps, a.step_size, a.steps)
+        x_adv = trades_adversary(core, x, a.eps, a.step_size, a.steps)
     model.train()
     if a.name == "trades":
         logits_clean = model(x)
@@ -285,7 +291,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, enabled=use_amp):
-                loss, logits = _adv_loss(cfg, model, x, y)
+                loss, logits = _adv_loss(cfg, model, x, y, core)
                 total = loss + reg()
             if not torch.isfinite(total):
                 raise TrainingDiverged(
@@ -314,7 +320,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             frac = min(1.0, (epoch - p.start_epoch + 1) / (p.end_epoch - p.start_epoch + 1))
             prune_factors(core, p.target * frac)
 
-        val = evaluate(model, val_loader, device, val_attack, d) if val_loader else {}
+        val = evaluate(core, val_loader, device, val_attack, d) if val_loader else {}
         score = val.get("robust_acc", val.get("clean_acc", adv_correct / max(n_seen, 1)))
         row: dict[str, Any] = {
             "epoch": epoch, "lr": opt.param_groups[0]["lr"],
@@ -355,7 +361,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     t0 = time.perf_counter()
     test_attack = (PGD(cfg.attack.eps, cfg.attack.step_size, cfg.eval.pgd_steps,
                        restarts=cfg.eval.pgd_restarts) if cfg.attack.eps > 0 else None)
-    test = evaluate(model, test_loader, device, test_attack, d)
+    test = evaluate(core, test_loader, device, test_attack, d)
     if d.main:
         s = summary(core)
         result = {
