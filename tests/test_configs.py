@@ -1,0 +1,218 @@
+"""Every shipped config parses and trains a few steps on a tiny stand-in in its real file format.
+
+The issue's bar: "Each config under configs/ must parse and run a few steps on a tiny synthetic
+stand-in in tests." Each stand-in is written in the dataset's on-disk format (IDX ``.gz``, CIFAR
+python pickles, SVHN ``.mat``, ImageNet ImageFolder), so the run goes through the real readers.
+The overrides shrink the cost only (sizes, steps, widths); model family, separability, attack
+type and constraint settings stay those of the config.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pickle
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from sstorch.config import load_config
+from sstorch.train import train
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+PER_CONFIG_SECONDS = 20.0  # the whole file must stay under ~120 s on 2 CPU cores
+
+_elapsed: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tensors here are tiny: intra-op threads only add overhead (and stall badly when the
+    CPU is shared), so this module runs single-threaded and restores the setting after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stand-ins in each dataset's on-disk format
+
+
+def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = struct.pack(">i", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_idx_dataset(root: Path, n_train: int = 16, n_test: int = 8) -> None:
+    """MNIST / Fashion-MNIST: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``."""
+    rng = _rng()
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte.gz",
+                   rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), 2051)
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte.gz",
+                   rng.integers(0, 10, n, dtype=np.uint8), 2049)
+
+
+def _write_cifar_batch(path: Path, n: int, label_key: bytes, num_classes: int,
+                       rng: np.random.Generator) -> None:
+    batch = {
+        b"batch_label": b"stand-in batch",
+        b"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+        label_key: rng.integers(0, num_classes, n).tolist(),
+        b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+    }
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def write_cifar10(root: Path, n: int = 10) -> None:
+    """``cifar-10-batches-py/data_batch_1..5`` and ``test_batch`` (labels under b'labels')."""
+    rng = _rng()
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 6):
+        _write_cifar_batch(folder / f"data_batch_{i}", n, b"labels", 10, rng)
+    _write_cifar_batch(folder / "test_batch", n, b"labels", 10, rng)
+
+
+def write_cifar100(root: Path, n_train: int = 16, n_test: int = 8) -> None:
+    """``cifar-100-python/train`` and ``test`` (labels under b'fine_labels')."""
+    rng = _rng()
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_cifar_batch(folder / "train", n_train, b"fine_labels", 100, rng)
+    _write_cifar_batch(folder / "test", n_test, b"fine_labels", 100, rng)
+
+
+def write_svhn(root: Path, n_train: int = 16, n_test: int = 8) -> None:
+    """``{train,test}_32x32.mat``: ``X`` uint8 ``(32, 32, 3, N)``, ``y`` ``(N, 1)`` in 1..10."""
+    from scipy.io import savemat
+
+    rng = _rng()
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, (n, 1)).astype(np.uint8)
+        savemat(root / f"{split}_32x32.mat", {"X": x, "y": y})
+
+
+def write_imagenet(root: Path, per_class: int = 4, size: int = 32) -> None:
+    """ImageFolder layout ``{train,val}/<wnid>/*.png``: 2 classes of tiny RGB images."""
+    rng = _rng()
+    for split in ("train", "val"):
+        for wnid in ("n01440764", "n01443537"):
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.png")
+
+
+WRITERS = {
+    "mnist": write_idx_dataset,
+    "fashion-mnist": write_idx_dataset,
+    "cifar10": write_cifar10,
+    "cifar100": write_cifar100,
+    "svhn": write_svhn,
+    "imagenet": write_imagenet,
+}
+
+
+def shrink_overrides(cfg, data_root: Path, out_dir: Path) -> list[str]:
+    """Overrides that cut the cost but keep model family, attack type and constraints."""
+    overrides = [
+        f"data.root={data_root}", f"out_dir={out_dir}", "epochs=1", "device=cpu",
+        "data.train_subset=8", "data.test_subset=8", "data.val_size=4",
+        "data.batch_size=4", "data.eval_batch_size=8", "data.num_workers=0",
+        "attack.steps=1", "eval.pgd_steps=1", "eval.val_pgd_steps=1",
+    ]
+    if cfg.model.name == "vgg16":
+        overrides += ["model.width=0.0625", "model.fc_hidden=32"]
+    if cfg.model.name == "vit":
+        overrides += ["model.depth=1", "model.embed_dim=48", "model.num_heads=3"]
+    return overrides
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_every_dataset_has_a_stand_in() -> None:
+    assert len(CONFIGS) >= 22, f"expected the 22 shipped configs, found {len(CONFIGS)}"
+    names = {load_config(p).data.name for p in CONFIGS}
+    assert names <= set(WRITERS), f"no stand-in writer for {sorted(names - set(WRITERS))}"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_config_parses_and_trains(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    raw = yaml.safe_load(path.read_text())
+    assert cfg.name == raw["name"] == path.stem
+    assert cfg.model.separable is raw["model"]["separable"]
+    assert cfg.model.separable is path.stem.endswith("-sep")
+    assert cfg.model.name == raw["model"]["name"]
+    assert cfg.attack.name == raw["attack"]["name"]
+
+    data_root = tmp_path / "data"
+    WRITERS[cfg.data.name](data_root)
+    small = load_config(path, shrink_overrides(cfg, data_root, tmp_path / "runs"))
+    # The shrinking keeps what the config is about.
+    assert small.model.name == cfg.model.name
+    assert small.model.separable == cfg.model.separable
+    assert small.model.variant == cfg.model.variant
+    assert small.model.separable_groups == cfg.model.separable_groups
+    assert small.attack.name == cfg.attack.name and small.attack.eps == cfg.attack.eps
+    assert small.constraints == cfg.constraints
+
+    logs: list[str] = []
+    t0 = time.perf_counter()
+    run_dir = train(small, log=lambda *a: logs.append(" ".join(map(str, a))))
+    elapsed = time.perf_counter() - t0
+    _elapsed[path.stem] = elapsed
+
+    assert run_dir == tmp_path / "runs" / cfg.name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["separable"] is cfg.model.separable
+    assert summary["model"] == cfg.model.name
+    assert summary["dataset"] == cfg.data.name
+    assert summary["eps"] == pytest.approx(cfg.attack.eps)
+    assert summary["test_n"] == 8
+    assert 0.0 <= summary["test_clean_acc"] <= 1.0
+    robust = summary["test_pgd1_acc"]
+    assert robust is not None and 0.0 <= robust <= summary["test_clean_acc"]
+    assert np.isfinite(summary["params"]) and summary["params"] > 0
+    if cfg.model.separable:
+        assert summary["layers"], "a separable model must report its separable layers"
+        assert summary["compression"] > 1.0
+    else:
+        assert summary["layers"] == []
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors"):
+        assert (run_dir / name).is_file(), name
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    for key, value in raw["constraints"].items():  # the constraint settings ran as written
+        assert saved["constraints"][key] == value, key
+    assert saved["attack"]["name"] == cfg.attack.name
+    assert any("epoch 1" in line for line in logs)
+    assert elapsed < PER_CONFIG_SECONDS, f"{path.stem} took {elapsed:.1f} s"
+
+
+def test_total_wall_time() -> None:
+    """Runs last in this file: the config smoke runs together stay within the budget."""
+    if not _elapsed:
+        pytest.skip("no config run in this session (run selected alone)")
+    total = sum(_elapsed.values())
+    assert total < 120.0, f"config smoke runs took {total:.1f} s: " + ", ".join(
+        f"{k} {v:.1f}s" for k, v in sorted(_elapsed.items(), key=lambda kv: -kv[1]))
