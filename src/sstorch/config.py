@@ -102,8 +102,8 @@ class AttackConfig:
 
     def validate(self) -> None:
         _choice(self.name, ("pgd", "trades", "fgsm", "none"), "attack.name")
-        if self.eps < 0:
-            raise ConfigError(f"attack.eps must be ≥ 0, got {self.eps}")
+        if not 0 <= self.eps <= 1:
+            raise ConfigError(f"attack.eps must be in [0, 1] (pixel scale), got {self.eps}")
         if self.steps < 1:
             raise ConfigError(f"attack.steps must be ≥ 1, got {self.steps}")
         if self.step_size <= 0:

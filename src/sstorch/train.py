@@ -209,6 +209,23 @@ def _write_csv(path: Path, row: dict[str, Any]) -> None:
         w.writerow(row)
 
 
+def _truncate_csv(path: Path, first_epoch: int) -> None:
+    """Drop rows of epochs ≥ ``first_epoch`` (written before a crash, not in the checkpoint)."""
+    if not path.exists():
+        return
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], list(reader)
+    keep = [r for r in rows if int(r["epoch"]) < first_epoch]
+    if len(keep) != len(rows):
+        tmp = path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, header)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, path)
+
+
 def _tensorboard(run_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -230,10 +247,6 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     if resume is not None and not (run_dir / "last.safetensors").is_file():
         raise CheckpointError(f"cannot resume: {run_dir / 'last.safetensors'} does not exist; "
                               "pass the run directory of an earlier `sstorch train`")
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
     train_ds, val_ds, test_ds = build_datasets(
         cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
         augment=cfg.data.augment, download=cfg.data.download)
@@ -242,6 +255,9 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     test_ds = _subset(test_ds, cfg.data.test_subset)
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
     model.to(device)
+    if d.main:  # data and model are valid: only now create the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if device.type == "cuda" else None)
@@ -263,6 +279,8 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     if resume is not None:
         extra = load_checkpoint(run_dir / "last.safetensors", core, opt, sched)
         start_epoch, best = int(extra["epoch"]) + 1, float(extra.get("best", -1.0))
+        if d.main:
+            _truncate_csv(run_dir / "metrics.csv", start_epoch)
         if d.main:
             log(f"resumed {run_dir} at epoch {start_epoch}")
     eval_bs = cfg.data.eval_batch_size
@@ -294,10 +312,14 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                 loss, logits = _adv_loss(cfg, model, x, y, core)
                 total = loss + reg()
             if not torch.isfinite(total):
+                last = run_dir / "last.safetensors"
+                kept = (f"the last good checkpoint is {last}" if last.is_file()
+                        else "no checkpoint was written yet")
+                if writer is not None:
+                    writer.close()
                 raise TrainingDiverged(
-                    f"loss became {total.item()} at epoch {epoch}; training stopped. The last "
-                    f"good checkpoint is {run_dir / 'last.safetensors'}. Lower optim.lr or the "
-                    "constraint weights.")
+                    f"loss became {total.item()} at epoch {epoch}; training stopped and {kept}. "
+                    "Lower optim.lr or the constraint weights.")
             opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if cfg.optim.grad_clip:
@@ -340,10 +362,14 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                     if k != "epoch":
                         writer.add_scalar(k, v, epoch)
                 writer.flush()
-            extra = {"epoch": epoch, "best": max(best, score), "config": cfg.to_dict(),
-                     "metrics": row}
-            if score > best:
-                best = score
+            # "best" = highest validation robust accuracy among epochs whose factors are
+            # already pruned to the target (earlier, denser epochs are not comparable).
+            if epoch == cfg.prune.end_epoch and cfg.prune.target > 0:
+                best = -1.0
+            improved = (cfg.prune.target == 0 or epoch >= cfg.prune.end_epoch) and score > best
+            best = max(best, score) if improved else best
+            extra = {"epoch": epoch, "best": best, "config": cfg.to_dict(), "metrics": row}
+            if improved:
                 save_checkpoint(run_dir / "best.safetensors", core, extra=extra, rng=False)
             save_checkpoint(run_dir / "last.safetensors", core, opt, sched, extra=extra)
             log(f"epoch {epoch}: loss {row['train_loss']:.4f}  train adv acc "
