@@ -189,8 +189,6 @@ def test_summary_example_input_leaves_model_state():
     assert not model.training and not model.bn.training
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: summary(example_input=...) restores the mode with "
-                   "model.train(was_training), which overwrites per-submodule modes")
 def test_summary_example_input_keeps_per_module_modes():
     model = conv_model().train()
     model.bn.eval()  # e.g. frozen BatchNorm while fine-tuning

@@ -15,11 +15,11 @@ __all__ = ["FGSM", "PGD", "cw_margin_loss", "trades_adversary"]
 
 
 def _check(eps: float, steps: int = 1, step_size: float = 1.0) -> None:
-    if not 0 <= eps <= 1:
+    if not 0 <= eps <= 1:  # also rejects NaN
         raise ValueError(f"eps must be in [0, 1] (pixel scale), got {eps}")
     if steps < 1:
         raise ValueError(f"steps must be ≥ 1, got {steps}")
-    if step_size <= 0:
+    if not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
 
 

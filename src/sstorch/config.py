@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -106,7 +107,7 @@ class AttackConfig:
             raise ConfigError(f"attack.eps must be in [0, 1] (pixel scale), got {self.eps}")
         if self.steps < 1:
             raise ConfigError(f"attack.steps must be ≥ 1, got {self.steps}")
-        if self.step_size <= 0:
+        if not self.step_size > 0:
             raise ConfigError(f"attack.step_size must be > 0, got {self.step_size}")
         if self.trades_beta < 0:
             raise ConfigError(f"attack.trades_beta must be ≥ 0, got {self.trades_beta}")
@@ -207,20 +208,21 @@ class Config:
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got "
+                          f"{type(data).__name__}")
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
             raise ConfigError(f"unknown config key {full!r}{hint} (valid keys: "
                               f"{', '.join(prefix + n for n in names)})")
         typ = hints[key]
         if dataclasses.is_dataclass(typ):
-            kwargs[key] = _build(typ, value or {}, f"{full}.")
+            kwargs[key] = _build(typ, {} if value is None else value, f"{full}.")
         else:
             kwargs[key] = _coerce(value, typ, full)
     return cls(**kwargs)
@@ -238,9 +240,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         return float(value)
     if float in allowed and isinstance(value, str):  # YAML reads 1e-4 as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
     for t in allowed - {type(None)}:
         origin = getattr(t, "__origin__", t)
         if origin is bool and isinstance(value, bool):
@@ -260,7 +264,9 @@ def _set_dotted(tree: dict[str, Any], dotted: str) -> None:
     parts = key.strip().split(".")
     node = tree
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or a section left empty in the YAML
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None

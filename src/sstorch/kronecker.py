@@ -113,6 +113,14 @@ def _rearrange(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]
     return t.permute(perm).reshape([m * n for m, n in zip(out_shape, in_shape, strict=True)])
 
 
+def _leading_left_singular_vectors(a: Tensor, r: int) -> Tensor:
+    """Top-r left singular vectors; randomized (exact for rank ≤ q) when ``a`` is large."""
+    if min(a.shape) <= 1024:
+        return torch.linalg.svd(a, full_matrices=False)[0][:, :r]
+    q = min(r + 8, *a.shape)
+    return torch.svd_lowrank(a, q=q, niter=6)[0][:, :r]
+
+
 def _cp_als(t: Tensor, rank: int, n_iter: int, tol: float) -> list[Tensor]:
     """Rank-R CP decomposition of a K-way tensor by alternating least squares.
 
@@ -125,8 +133,7 @@ def _cp_als(t: Tensor, rank: int, n_iter: int, tol: float) -> list[Tensor]:
     mats = []
     for k in range(k_modes):
         unfold = t.movedim(k, 0).reshape(t.shape[k], -1)
-        u = torch.linalg.svd(unfold, full_matrices=False)[0]
-        a = u[:, :rank]
+        a = _leading_left_singular_vectors(unfold, rank)
         if a.shape[1] < rank:  # mode smaller than the rank: pad with small random columns
             gen = torch.Generator(device=t.device).manual_seed(k)
             pad = torch.randn(t.shape[k], rank - a.shape[1], dtype=t.dtype, device=t.device,
@@ -195,7 +202,11 @@ def nearest_kronecker(
         return [weight.detach().clone().unsqueeze(0)], 0.0
     t = _rearrange(w, in_shape, out_shape)
     if k_modes == 2:
-        u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        if min(t.shape) <= 1024:  # exact truncated SVD (Eckart–Young optimal)
+            u, s, vh = torch.linalg.svd(t, full_matrices=False)
+        else:  # top-R only: randomized range finder with power iterations (Halko et al.)
+            u, s, v = torch.svd_lowrank(t, q=min(rank + 8, *t.shape), niter=6)
+            vh = v.T
         r = min(rank, s.numel())
         mats = [u[:, :r] * s[:r].sqrt(), vh[:r].T * s[:r].sqrt()]
         if r < rank:  # more terms than the rearranged matrix has singular values

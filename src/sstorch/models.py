@@ -100,6 +100,9 @@ def _vgg16(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn
     * ``imagenet``: adaptive pool to 7×7, 512·w·7·7 → fc_hidden → fc_hidden → classes
       (fc_hidden = 4096 is torchvision's head). The separable head takes the map's modes.
     """
+    if min(image_shape[1:]) < 32:
+        raise ConfigError(f"vgg16 needs images of at least 32×32 (five 2× poolings); got "
+                          f"{tuple(image_shape)}. Use model.name=mlp for small images")
     layers: list[nn.Module] = []
     c_in = image_shape[0]
     for v in _VGG16_CHANNELS:

@@ -155,13 +155,14 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (SeparableLinear, nn.Linear, nn.modules.conv._ConvNd))]
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
             model(example_input)
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         for h in handles:
             h.remove()
     return counts[0] // batch, counts[1] // batch

@@ -172,7 +172,7 @@ class _FlattenTracker(TorchFunctionMode):
 def find_flattened_inputs(model: nn.Module, example_input: Tensor) -> dict[str, tuple[int, ...]]:
     """Names of ``nn.Linear`` layers fed by a flattened feature map, with that map's shape.
 
-    Runs one forward pass (no grad, model left in its mode) while recording every
+    Runs one forward pass (no grad, eval mode; every module's mode is restored) recording every
     ``flatten``/``view``/``reshape`` of a ``(B, C, H, W…)`` tensor to ``(B, F)``.
     """
     tracker = _FlattenTracker()
@@ -185,10 +185,14 @@ def find_flattened_inputs(model: nn.Module, example_input: Tensor) -> dict[str, 
                 if rec is not None and rec[0] is args[0]:
                     found[name] = rec[1]
             handles.append(mod.register_forward_pre_hook(hook))
+    modes = {m: m.training for m in model.modules()}
     try:
+        model.eval()  # no batch-norm updates, no dropout hiding the flatten
         with torch.no_grad(), tracker:
             model(example_input)
     finally:
+        for m, training in modes.items():
+            m.training = training
         for h in handles:
             h.remove()
     return found
@@ -213,6 +217,12 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
 
+
+_OPAQUE_LINEARS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("out_proj",),
+    nn.TransformerEncoderLayer: ("linear1", "linear2"),
+    nn.TransformerDecoderLayer: ("linear1", "linear2"),
+}
 
 ShapeSpec = tuple[Sequence[int], Sequence[int]] | tuple[Sequence[int], Sequence[int], int]
 
@@ -268,8 +278,26 @@ def separate(
                          f"model; choose from {names[:20]}")
     feature_maps = find_flattened_inputs(model, example_input) if example_input is not None else {}
 
+    unselected = set(shapes) - chosen
+    if unselected:
+        raise ValueError(f"shapes given for {sorted(unselected)}, which include/exclude do not "
+                         "select; add them to include or drop them from shapes")
+    # Some torch modules read their Linears' .weight directly (fused fast paths); those
+    # Linears cannot be swapped. timm's ViT blocks and plain nn.Linear users are fine.
+    mha_owned = {f"{n}.{child}" if n else child for n, m in model.named_modules()
+                 for kind, children in _OPAQUE_LINEARS.items() if isinstance(m, kind)
+                 for child in children}
+    replacements: list[tuple[str, nn.Module]] = []  # plan everything first: all or nothing
     for name in [n for n in names if n in chosen]:
         lin = linears[name]
+        if name in mha_owned:
+            kinds = ", ".join(k.__name__ for k in _OPAQUE_LINEARS)
+            msg = (f"{name} belongs to a torch module ({kinds}) whose forward reads its weight "
+                   "directly; it cannot be made separable")
+            if name in include:
+                raise ValueError(msg)
+            warnings.warn(f"sstorch.separate: skipping {msg}", stacklevel=2)
+            continue
         spec = shapes.get(name)
         if spec is not None:
             in_shape, out_shape = tuple(spec[0]), tuple(spec[1])
@@ -306,6 +334,8 @@ def separate(
             new = SeparableLinear(in_shape, out_shape, bias=lin.bias is not None, rank=r,
                                   flatten=True, device=lin.weight.device, dtype=lin.weight.dtype)
         new.train(lin.training)
+        replacements.append((name, new))
+    for name, new in replacements:
         _set_submodule(model, name, new)
     return model
 
