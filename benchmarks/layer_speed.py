@@ -1,0 +1,30 @@
+"""Regenerate ``docs/benchmarks.md``: SeparableLinear vs dense and tensorly-torch layers.
+
+Thin wrapper around :func:`sstorch.bench.main_layer_bench` (also ``sstorch bench``); all its
+options apply, e.g. a quick run::
+
+    python benchmarks/layer_speed.py --batch-scale 0.25 --repeats 5 --out-md /tmp/quick.md
+
+Without ``--out-md`` the report goes to ``docs/benchmarks.md`` next to this folder.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from sstorch.bench import main_layer_bench
+
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--out-md" or a.startswith("--out-md=") for a in argv):
+        argv += ["--out-md", os.path.relpath(DEFAULT_OUT)]
+    return main_layer_bench(argv, prog="python benchmarks/layer_speed.py")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
