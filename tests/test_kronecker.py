@@ -115,7 +115,8 @@ def test_kron_sum_matches_explicit_sum(k, rank):
 
 @pytest.mark.parametrize(
     ("rank", "strategy"),
-    [(1, "auto"), (1, "cyclic"), (1, "unfold"), (2, "auto"), (2, "cyclic"), (3, "cyclic")],
+    [(1, "auto"), (1, "left"), (1, "cyclic"), (1, "unfold"), (2, "auto"), (2, "cyclic"),
+     (3, "cyclic")],
 )
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_mode_products_matches_dense_and_definition(k, rank, strategy):
@@ -132,8 +133,8 @@ def test_mode_products_matches_dense_and_definition(k, rank, strategy):
 @pytest.mark.parametrize(
     ("in_shape", "out_shape"),
     [
-        ((12, 2, 3), (4, 5, 2)),  # n_1 > Π n_{k>1}: auto picks unfold
-        ((2, 6, 5), (3, 2, 4)),  # n_1 < Π n_{k>1}: auto picks cyclic
+        ((12, 2, 3), (4, 5, 2)),  # leading mode dominates
+        ((2, 6, 5), (3, 2, 4)),  # trailing modes dominate
         ((7,), (3,)),  # K = 1
         ((1, 5), (4, 1)),  # unit modes
     ],
@@ -145,6 +146,8 @@ def test_strategies_agree(in_shape, out_shape):
     unfold = mode_products(x, factors, strategy="unfold")
     auto = mode_products(x, factors)
     torch.testing.assert_close(cyclic, unfold, rtol=1e-12, atol=1e-12)
+    left = mode_products(x, factors, strategy="left")
+    torch.testing.assert_close(left, cyclic, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(auto, cyclic, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(
         cyclic.flatten(1), x.flatten(1) @ explicit_dense(factors).T, rtol=1e-12, atol=1e-12
@@ -159,10 +162,11 @@ def test_mode_products_non_contiguous_input():
     torch.testing.assert_close(mode_products(x, factors).flatten(1), expected)
 
 
-def test_unfold_with_rank_above_one_raises():
+@pytest.mark.parametrize("strategy", ["unfold", "left"])
+def test_rank_one_strategies_refuse_rank_above_one(strategy):
     factors = random_factors(2, (3, 4), (5, 6))
     with pytest.raises(ValueError, match="rank 1"):
-        mode_products(torch.randn(2, 5, 6, dtype=F64), factors, strategy="unfold")
+        mode_products(torch.randn(2, 5, 6, dtype=F64), factors, strategy=strategy)
 
 
 @pytest.mark.parametrize("strategy", ["", "dense", "Cyclic", "unfolded"])

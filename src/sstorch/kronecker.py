@@ -48,34 +48,48 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     Args:
         x: ``(B, n_1, ..., n_K)``.
         factors: K tensors of shape ``(R, m_k, n_k)``.
-        strategy: ``"cyclic"``, ``"unfold"`` (R = 1 only) or ``"auto"``.
+        strategy: ``"left"`` (R = 1), ``"cyclic"``, ``"unfold"`` (R = 1) or ``"auto"``.
 
     Returns:
         ``(B, m_1, ..., m_K)``.
 
-    Every mode is one large GEMM; the two strategies differ only in where the copy goes:
+    Every mode is one GEMM (or one batched GEMM); the strategies differ in data movement:
 
-    * ``cyclic``: view the running tensor as ``(B, n_k, rest)``, contract ``n_k`` against
-      ``U_kᵀ`` with the contracted mode moved *last*: ``(B, rest, n_k) @ (n_k, m_k)``. After K
-      steps the modes are back in order ``(m_1, …, m_K)``.
-    * ``unfold``: the mode-k unfolding ``U_k @ X_(k)`` (as tensorly's ``mode_dot``), which wins
-      when the leading mode dominates, e.g. VGG's ``(512, 7, 7)`` map.
+    * ``left``: view the running tensor as ``(P, n_k, rest)`` (P = B·m_1⋯m_{k−1}) and multiply by
+      ``U_k`` from the left with a stride-0 batch of the factor: no copy of the activations;
+      the last mode is a single ``(P, n_K) @ U_Kᵀ`` GEMM. Modes come out in order.
+    * ``cyclic``: contract against ``U_kᵀ`` with the contracted mode moved last,
+      ``(B, rest, n_k) @ (n_k, m_k)``; after K steps the modes are back in order. For R > 1 the
+      R terms are the batch of one bmm per mode, ``(R, B·rest, n_k) @ (R, n_k, m_k)``.
+    * ``unfold``: the mode-k unfolding ``U_k @ X_(k)`` (tensorly's ``mode_dot``).
 
-    ``auto`` uses ``unfold`` when R = 1 and ``n_1 > Π_{k>1} n_k``, else ``cyclic``
-    (see ``benchmarks/layer_speed.py``). Cost for either: ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k``
-    multiply-adds per example.
+    ``auto`` is ``left`` for R = 1 and ``cyclic`` for R > 1, the fastest on every shape of
+    ``benchmarks/layer_speed.py``. Cost: ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k`` multiply-adds
+    per example.
     """
     batch = x.shape[0]
     rank = factors[0].shape[0]
+    in_dims = [u.shape[2] for u in factors]
     out_dims = [u.shape[1] for u in factors]
     if batch == 0:
         return x.new_zeros(0, *out_dims) + 0 * (x.sum() + sum(u.sum() for u in factors))
     if strategy == "auto":
-        leading = factors[0].shape[2]
-        strategy = "unfold" if rank == 1 and leading > math.prod(x.shape[2:]) else "cyclic"
+        strategy = "left" if rank == 1 else "cyclic"
+    if strategy in ("left", "unfold") and rank != 1:
+        raise ValueError(f"strategy={strategy!r} supports rank 1 only")
+    if strategy == "left":
+        y = x
+        lead = batch
+        for k, u in enumerate(factors):
+            u = u[0]
+            if k == len(factors) - 1:
+                y = y.reshape(-1, in_dims[k]) @ u.t()
+            else:
+                rest = math.prod(in_dims[k + 1 :])
+                y = torch.bmm(u.expand(lead, *u.shape), y.reshape(lead, in_dims[k], rest))
+                lead *= out_dims[k]
+        return y.reshape(batch, *out_dims)
     if strategy == "unfold":
-        if rank != 1:
-            raise ValueError("strategy='unfold' supports rank 1 only")
         y = x
         for k, u in enumerate(factors):
             y = y.movedim(k + 1, 0)
@@ -84,21 +98,23 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
             y = y.movedim(0, k + 1)
         return y
     if strategy != "cyclic":
-        raise ValueError(f"strategy must be 'auto', 'cyclic' or 'unfold', got {strategy!r}")
+        raise ValueError(
+            f"strategy must be 'auto', 'left', 'cyclic' or 'unfold', got {strategy!r}")
     if rank == 1:
         y = x
         for u in factors:
             y = torch.matmul(y.reshape(batch, u.shape[2], -1).transpose(1, 2), u[0].t())
         return y.reshape(batch, *out_dims)
-    # Rank R: the first mode produces all R branches in one GEMM; later modes are batched per r.
+    # Rank R: the first mode produces all R branches in one GEMM; later modes are one bmm each
+    # with the R terms as its batch.
     u0 = factors[0]
-    y = torch.matmul(x.reshape(batch, u0.shape[2], -1).transpose(1, 2),
-                     u0.reshape(rank * u0.shape[1], u0.shape[2]).t())  # (B, rest, R m_1)
-    y = y.reshape(batch, -1, rank, u0.shape[1]).permute(0, 2, 1, 3)  # (B, R, rest, m_1)
-    for u in factors[1:]:
-        y = y.reshape(batch, rank, u.shape[2], -1).transpose(2, 3)  # (B, R, rest, n_k)
-        y = torch.matmul(y, u.transpose(1, 2))  # (B, R, rest, m_k)
-    return y.reshape(batch, rank, *out_dims).sum(1)
+    y = torch.matmul(x.reshape(batch, in_dims[0], -1).transpose(1, 2),
+                     u0.reshape(rank * out_dims[0], in_dims[0]).t())  # (B, rest, R m_1)
+    y = y.reshape(batch, -1, rank, out_dims[0]).permute(2, 0, 1, 3)  # (R, B, rest, m_1)
+    for k in range(1, len(factors)):
+        y = y.reshape(rank, batch, in_dims[k], -1).transpose(2, 3)  # (R, B, rest, n_k)
+        y = torch.bmm(y.reshape(rank, -1, in_dims[k]), factors[k].transpose(1, 2))
+    return y.reshape(rank, batch, *out_dims).sum(0)
 
 
 def _rearrange(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]) -> Tensor:
