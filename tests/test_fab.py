@@ -1,0 +1,213 @@
+"""FAB-T: the exact L∞ hyperplane projection, the contract, validity and strength of the
+adversarials, determinism, and agreement with the reference implementation in torchattacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sstorch.attacks import FGSM
+from sstorch.config import ModelConfig
+from sstorch.fab import FABTargeted, linf_hyperplane_projection
+from sstorch.models import build_model
+
+N_TRAIN = 1400
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    return x, torch.tensor(bunch.target)
+
+
+@pytest.fixture(scope="module")
+def model(digits) -> nn.Module:
+    """An undefended MLP trained clean on sklearn digits (≈ 92 % test accuracy), in eval mode."""
+    x, y = digits
+    torch.manual_seed(0)
+    net = build_model(ModelConfig(name="mlp", separable=False, hidden=[64]), 10, (1, 8, 8),
+                      (0.3053,), (0.3760,))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = F.cross_entropy(net(x[:N_TRAIN]), y[:N_TRAIN])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    for p in net.parameters():
+        p.grad = None
+    return net
+
+
+@pytest.fixture(scope="module")
+def test_set(digits) -> tuple[Tensor, Tensor]:
+    x, y = digits
+    return x[N_TRAIN:N_TRAIN + 200], y[N_TRAIN:N_TRAIN + 200]
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The projection
+
+
+def test_projection_is_the_linear_program_optimum() -> None:
+    """``min ‖δ‖_∞ s.t. w·δ = c, p + δ ∈ [0,1]`` against scipy's LP solver on random rows."""
+    from scipy.optimize import linprog
+
+    gen = torch.Generator().manual_seed(0)
+    n, d = 40, 12
+    p = torch.rand(n, d, generator=gen, dtype=torch.float64)
+    p[:, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)  # points on the box faces
+    w = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    w[:5, 4:] = 0  # sparse normals
+    c = torch.randn(n, generator=gen, dtype=torch.float64) * torch.rand(n, generator=gen,
+                                                                        dtype=torch.float64)
+    c[-4:] *= 100  # unreachable inside the box
+    c[0] = 0.0
+    delta = linf_hyperplane_projection(p, w, c)
+    assert ((p + delta) >= -1e-12).all() and ((p + delta) <= 1 + 1e-12).all()
+    feasible = 0
+    for i in range(n):
+        # variables (δ, t): minimise t, −t ≤ δ_j ≤ t, −p ≤ δ ≤ 1 − p, w·δ = c
+        eye = np.eye(d)
+        a_ub = np.block([[eye, -np.ones((d, 1))], [-eye, -np.ones((d, 1))]])
+        bounds = [(-p[i, j].item(), 1 - p[i, j].item()) for j in range(d)] + [(0, None)]
+        res = linprog(np.r_[np.zeros(d), 1.0], A_ub=a_ub, b_ub=np.zeros(2 * d),
+                      A_eq=np.r_[w[i].numpy(), 0.0][None], b_eq=[c[i].item()], bounds=bounds)
+        if res.status == 0:
+            feasible += 1
+            assert (w[i] @ delta[i]).item() == pytest.approx(c[i].item(), abs=1e-9)
+            assert delta[i].abs().max().item() == pytest.approx(res.fun, abs=1e-9)
+        else:  # unreachable: the box corner that gets closest to the hyperplane
+            best = (w[i].abs() * torch.where(w[i] * c[i] > 0, 1 - p[i], p[i])).sum()
+            assert (w[i] @ delta[i]).abs().item() == pytest.approx(best.item(), abs=1e-9)
+            assert (w[i] @ delta[i]).item() * c[i].item() > 0
+    assert n - 4 <= feasible < n
+    assert torch.equal(delta[0], torch.zeros(d, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract
+
+
+def test_undefended_model_is_accurate(model, test_set) -> None:
+    assert accuracy(model, *test_set) > 0.85
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.3])
+def test_output_in_eps_box_and_pixel_box(eps: float, model, test_set) -> None:
+    x, y = test_set
+    x = x.clone().requires_grad_(True)  # a caller's tensor that requires grad
+    before = x.detach().clone()
+    adv = FABTargeted(eps, n_iter=10, n_restarts=2)(model, x, y)
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    assert not adv.requires_grad and adv.grad_fn is None
+    assert (adv - before).abs().max().item() <= eps + 1e-6
+    assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
+    assert torch.equal(x.detach(), before) and x.grad is None
+    assert all(p.grad is None for p in model.parameters())
+    assert (adv != before).any()
+
+
+def test_model_mode_left_alone_and_few_classes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.rand(6, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    net.train()
+    adv = FABTargeted(0.5, n_iter=5)(net, x, y)  # 9 targets asked, 2 exist
+    assert net.training and (adv - x).abs().max().item() <= 0.5 + 1e-6
+
+
+def test_eps_zero_and_argument_checks(model, test_set) -> None:
+    x, y = test_set
+    adv = FABTargeted(0.0)(model, x, y)
+    assert torch.equal(adv, x) and adv.data_ptr() != x.data_ptr()
+    for kwargs in ({"eps": -0.1}, {"eps": 0.1, "norm": "L2"}, {"eps": 0.1, "n_iter": 0},
+                   {"eps": 0.1, "n_target_classes": 0}, {"eps": 0.1, "n_restarts": 0},
+                   {"eps": 0.1, "beta": 1.0}, {"eps": 0.1, "eta": 0.9},
+                   {"eps": 0.1, "alpha_max": 2.0}):
+        with pytest.raises(ValueError):
+            FABTargeted(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validity and strength
+
+
+def test_adversarials_are_valid_and_misclassified_inputs_stay(model, test_set) -> None:
+    x, y = test_set
+    with torch.no_grad():
+        wrong = model(x).argmax(1) != y
+    assert wrong.any()
+    for eps in (0.1, 0.3):
+        adv = FABTargeted(eps, n_iter=20)(model, x, y)
+        changed = (adv != x).flatten(1).any(1)
+        with torch.no_grad():
+            fooled = model(adv).argmax(1) != y
+        assert torch.equal(adv[wrong], x[wrong])
+        assert fooled[changed].all()  # every returned perturbation is a real adversarial
+        assert not fooled[~changed & ~wrong].any()  # the others are the untouched originals
+        assert (adv - x).abs().max().item() <= eps + 1e-6
+    assert accuracy(model, adv, y) <= 0.02  # ε = 0.3 breaks the undefended model
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.15])
+def test_at_least_as_strong_as_fgsm(eps: float, model, test_set) -> None:
+    x, y = test_set
+    fab = accuracy(model, FABTargeted(eps, n_iter=20)(model, x, y), y)
+    fgsm = accuracy(model, FGSM(eps)(model, x, y), y)
+    assert fab <= fgsm + 0.01, (fab, fgsm)
+    assert fab < accuracy(model, x, y) - 0.2
+
+
+def test_deterministic_and_global_rng_untouched(model, test_set) -> None:
+    x, y = test_set
+    state = torch.random.get_rng_state()
+    a = FABTargeted(0.1, n_iter=10, n_restarts=2, seed=1)(model, x, y)
+    b = FABTargeted(0.1, n_iter=10, n_restarts=2, seed=1)(model, x, y)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the reference: torchattacks 3.5.1 (installed with --no-deps; never a dependency).
+
+
+def test_matches_torchattacks_fab_multi_targeted(model, test_set) -> None:
+    """Robust accuracy at ε = 0.05, 0.1, 0.15, 0.2 with 20 iterations, 9 targets, 200 inputs.
+
+    Both run the same deterministic algorithm from the same starting point (the first restart
+    starts at ``x``), so they should agree up to float rounding near the boundary; tolerance:
+    2 points of robust accuracy and ≥ 97 % per-example agreement (measured: identical).
+    """
+    torchattacks = pytest.importorskip(
+        "torchattacks", reason="reference check needs torchattacks (pip install --no-deps "
+                               "torchattacks==3.5.1)")
+    x, y = test_set
+    for eps in (0.05, 0.1, 0.15, 0.2):
+        ours = FABTargeted(eps, n_iter=20)(model, x, y)
+        ref = torchattacks.FAB(model, norm="Linf", eps=eps, steps=20, multi_targeted=True,
+                               n_classes=10, seed=0)(x, y)
+        with torch.no_grad():
+            ok_ours, ok_ref = model(ours).argmax(1) == y, model(ref).argmax(1) == y
+        assert abs(ok_ours.float().mean() - ok_ref.float().mean()).item() <= 0.02, eps
+        assert (ok_ours == ok_ref).float().mean().item() >= 0.97, eps
