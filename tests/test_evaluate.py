@@ -1,0 +1,324 @@
+"""sstorch eval: end to end on a tiny digits run, sanity checks, certificate, errors.
+
+The sanity checks must tell a normally trained MLP (all pass) from the same MLP behind a
+rounding front end whose gradient is zero (gradient masking: at least one fails).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from sstorch.checkpoint import CheckpointError
+from sstorch.config import load_config
+from sstorch.evaluate import (
+    SanityCheck,
+    certify,
+    evaluate_attacks,
+    lipschitz_bound,
+    main_eval,
+    sanity_checks,
+)
+from sstorch.models import ImageClassifier
+from sstorch.separable import SeparableLinear
+from sstorch.train import train
+
+N_TRAIN = 1400
+SANITY_NAMES = ["monotone_eps", "large_eps", "iterative_vs_fgsm", "more_steps",
+                "blackbox_vs_whitebox", "deterministic_forward"]
+TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "separable", "n", "eps", "norm",
+            "params", "nnz", "compression", "kappa", "clean_acc", "attacks", "robust_acc",
+            "eps_sweep", "sanity", "certified", "seed", "date", "machine"}
+FAST = ["--sanity-n", "100", "--square-n", "50", "--square-queries", "300"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: extra intra-op threads only add overhead on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- toy models
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Tensor, Tensor]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    return x, torch.tensor(bunch.target)
+
+
+@pytest.fixture(scope="module")
+def test_loader(digits) -> DataLoader:
+    x, y = digits
+    return DataLoader(TensorDataset(x[N_TRAIN:], y[N_TRAIN:]), batch_size=200)
+
+
+class RoundFrontEnd(nn.Module):
+    """``x ↦ round(k x) / k``: a "defence" whose gradient is 0 almost everywhere."""
+
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.round(x * self.k) / self.k
+
+
+class NoisyForward(nn.Module):
+    """Adds Gaussian noise even in eval mode (randomised defence)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + 0.01 * torch.randn_like(x)
+
+
+def _fit(net: nn.Module, digits: tuple[Tensor, Tensor], steps: int = 200) -> nn.Module:
+    x, y = digits
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(net(x[:N_TRAIN]), y[:N_TRAIN])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.eval()
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _by_name(checks: list[SanityCheck]) -> dict[str, SanityCheck]:
+    return {c.name: c for c in checks}
+
+
+# --------------------------------------------------------------------------- sanity checks
+
+
+def test_sanity_checks_pass_on_a_normal_mlp(digits, test_loader):
+    net = _fit(_mlp(), digits)
+    checks = sanity_checks(net, test_loader, 0.1, square_n=100, square_queries=500)
+    assert [c.name for c in checks] == SANITY_NAMES
+    assert all(isinstance(c, SanityCheck) and c.detail for c in checks)
+    failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
+    assert not failed, failed
+
+
+def test_sanity_checks_flag_masked_gradients(digits, test_loader):
+    net = _fit(nn.Sequential(RoundFrontEnd(4), _mlp()), digits)
+    x, y = digits
+    assert (net(x[N_TRAIN:]).argmax(1) == y[N_TRAIN:]).float().mean() > 0.85  # a real model
+    grad_x = x[N_TRAIN:N_TRAIN + 8].clone().requires_grad_(True)
+    net(grad_x).sum().backward()
+    assert grad_x.grad.abs().max() == 0  # the gradient is masked
+    checks = _by_name(sanity_checks(net, test_loader, 0.1, square_n=100, square_queries=500))
+    # PGD cannot move it, so a huge ε leaves it accurate; Square (no gradients) breaks it.
+    assert not checks["large_eps"].passed, checks["large_eps"].detail
+    assert not checks["blackbox_vs_whitebox"].passed, checks["blackbox_vs_whitebox"].detail
+    assert checks["deterministic_forward"].passed
+
+
+def test_sanity_checks_flag_a_random_forward(digits, test_loader):
+    net = _fit(nn.Sequential(_mlp(), NoisyForward()), digits, steps=50)
+    check = _by_name(sanity_checks(net, test_loader, 0.1, square_n=20, square_queries=50))
+    assert not check["deterministic_forward"].passed
+    assert "max |Δlogit|" in check["deterministic_forward"].detail
+
+
+def test_evaluate_attacks_fast_path_equals_full_worst_case(digits, test_loader):
+    from sstorch.attack_registry import make_attack
+
+    net = _fit(_mlp(), digits, steps=100)
+    attacks = {"fgsm": make_attack("fgsm", 0.05), "pgd": make_attack("pgd", 0.05, steps=10)}
+    fast = evaluate_attacks(net, test_loader, attacks, 0.05, seed=3)
+    full = evaluate_attacks(net, test_loader, attacks, 0.05, seed=3, fast=False)
+    assert fast["n"] == full["n"] == 397
+    assert fast["clean_acc"] == full["clean_acc"]
+    # Worst case per example is order- and path-independent (PGD is seeded per call).
+    assert fast["robust_acc"] == full["robust_acc"]
+    assert fast["attacks"]["pgd"]["acc"] == fast["robust_acc"]  # cumulative
+    assert fast["attacks"]["fgsm"]["acc"] == full["attacks"]["fgsm"]["acc"]
+    assert full["robust_acc"] <= min(a["acc"] for a in full["attacks"].values())
+    assert fast["attacks"]["pgd"]["n_attacked"] < full["attacks"]["pgd"]["n_attacked"]
+
+
+# --------------------------------------------------------------------------- certificate
+
+
+def _certifiable(digits) -> ImageClassifier:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), SeparableLinear((8, 8), (6, 6), flatten=True), nn.ReLU(),
+                        nn.Linear(36, 16), nn.LeakyReLU(0.1), nn.Linear(16, 10))
+    return _fit(ImageClassifier(net, (0.3,), (0.4,), (1, 8, 8)), digits, steps=150)
+
+
+def _l2_pgd(model: nn.Module, x: Tensor, y: Tensor, radius: Tensor, steps: int = 50) -> Tensor:
+    """L2 PGD on the CW margin inside per-example balls ``‖δ‖₂ ≤ radius`` (no box clamp)."""
+    r = radius.view(-1, 1, 1, 1)
+    delta = torch.randn_like(x)
+    delta = delta / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * r * 0.5
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        z = model(x + delta)
+        other = z.scatter(1, y[:, None], float("-inf")).amax(1)
+        loss = (other - z.gather(1, y[:, None]).squeeze(1)).sum()
+        (g,) = torch.autograd.grad(loss, delta)
+        g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta.detach() + 0.25 * r * g
+        norm = delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+        delta = delta * torch.clamp(r / norm.clamp_min(1e-12), max=1.0)
+    return (x + delta).detach()
+
+
+def test_lipschitz_bound_is_the_product_of_layer_norms(digits):
+    model = _certifiable(digits)
+    net = model.net
+    sep = net[1]
+    sigma = [float(torch.linalg.svdvals(w.detach().double())[0])
+             for w in (sep.factors[0][0], sep.factors[1][0], net[3].weight, net[5].weight)]
+    std = float(torch.tensor(0.4, dtype=torch.float32))  # Normalize keeps std in float32
+    by_hand = (1 / std) * sigma[0] * sigma[1] * sigma[2] * sigma[3]
+    lip, detail = lipschitz_bound(model)
+    assert lip == pytest.approx(by_hand, rel=1e-9)
+    # ‖U1 ⊗ U2‖₂ is the dense layer's spectral norm.
+    assert sigma[0] * sigma[1] == pytest.approx(
+        float(torch.linalg.matrix_norm(sep.to_dense().detach().double(), 2)), rel=1e-6)
+    assert detail.startswith("L = ")
+    gelu = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), nn.GELU())
+    lip, detail = lipschitz_bound(gelu)
+    assert lip is None and "GELU" in detail
+
+
+def test_certified_radius_is_a_true_lower_bound(digits):
+    model = _certifiable(digits)
+    x, y = digits
+    x, y = x[N_TRAIN:N_TRAIN + 200], y[N_TRAIN:N_TRAIN + 200]
+    cert = certify(model, DataLoader(TensorDataset(x, y), batch_size=64), radii=(0.05, 0.1))
+    rho = cert["radii"].float()
+    assert cert["lipschitz"] > 0 and cert["radius_median"] == pytest.approx(float(rho.median()))
+    assert cert["certified_acc"]["0.05"] == pytest.approx(float((rho > 0.05).float().mean()))
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    certified = rho > 0
+    assert certified.sum() > 100  # most examples get a nonzero radius
+    assert bool((pred[~certified] != y[~certified]).all() | (rho[~certified] == 0).all())
+    xc, yc, rc = x[certified], y[certified], rho[certified]
+    torch.manual_seed(1)
+    adv = _l2_pgd(model, xc, yc, 0.999 * rc)
+    assert ((adv - xc).flatten(1).norm(dim=1) <= rc + 1e-6).all()
+    noise = torch.randn(20, *xc.shape)
+    noise = noise / noise.flatten(2).norm(dim=2).view(20, -1, 1, 1, 1) * 0.999 * \
+        rc.view(1, -1, 1, 1, 1)
+    far = _l2_pgd(model, xc, yc, 30 * rc)
+    with torch.no_grad():
+        assert (model(adv).argmax(1) == yc).all()
+        for d in noise:
+            assert (model(xc + d).argmax(1) == yc).all()
+        # The attack is not toothless: at 30× the certified radius it flips predictions.
+        assert (model(far).argmax(1) != yc).any()
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("eval")
+    cfg = load_config(None, [
+        "data.name=digits", "model.hidden=[[4,4]]", "epochs=2", "device=cpu", "name=tiny",
+        f"out_dir={out}", "data.val_size=64", "data.batch_size=64",
+        "attack.eps=0.1", "attack.step_size=0.05", "attack.steps=2", "eval.pgd_steps=2",
+        "eval.val_pgd_steps=2", "optim.name=adamw", "optim.lr=0.05",
+    ])
+    return train(cfg, log=lambda msg: None)
+
+
+def _eval(target: Path, *args: str) -> dict:
+    assert main_eval([str(target), "--attacks", "clean,fgsm,pgd", "--n", "100", *FAST,
+                      *args]) == 0
+    out = Path(args[args.index("--out") + 1]) if "--out" in args else target
+    return json.loads((out / "eval.json").read_text())
+
+
+def test_end_to_end_eval_json(run_dir, tmp_path):
+    r = _eval(run_dir)
+    assert TOP_KEYS <= set(r)
+    assert (r["dataset"], r["model"], r["separable"], r["n"], r["norm"]) == \
+        ("digits", "mlp", True, 100, "Linf")
+    assert r["eps"] == 0.1 and r["checkpoint"].endswith("best.safetensors")
+    assert list(r["attacks"]) == ["clean", "fgsm", "pgd"]
+    assert all(set(a) >= {"acc", "seconds"} for a in r["attacks"].values())
+    accs = [a["acc"] for a in r["attacks"].values()]
+    assert r["attacks"]["clean"]["acc"] == r["clean_acc"]
+    assert r["robust_acc"] <= min(accs) and max(accs) <= r["clean_acc"]
+    assert [e["eps"] for e in r["eps_sweep"]] == [0.0, 0.05, 0.1, 0.2, 0.3]
+    assert r["eps_sweep"][0]["acc"] == r["clean_acc"]
+    assert [c["name"] for c in r["sanity"]] == SANITY_NAMES
+    assert all(isinstance(c["passed"], bool) and c["detail"] for c in r["sanity"])
+    cert = r["certified"]
+    assert cert["lipschitz"] > 0 and cert["radius_median"] >= 0
+    assert set(cert["certified_acc"]) == {"0.1", "0.25", "0.5"}
+    assert all(0 <= v <= r["clean_acc"] for v in cert["certified_acc"].values())
+    assert r["kappa"] is None or r["kappa"] >= 1
+    assert r["params"] < r["params"] * r["compression"]
+    md = (run_dir / "eval.md").read_text()
+    assert "Sanity checks" in md and "robust (worst case per example)" in md
+
+    again = _eval(run_dir, "--out", str(tmp_path / "again"))
+    for key in ("clean_acc", "robust_acc", "eps_sweep", "sanity", "certified", "kappa"):
+        assert again[key] == r[key], key
+    assert {k: v["acc"] for k, v in again["attacks"].items()} == \
+        {k: v["acc"] for k, v in r["attacks"].items()}
+
+
+def test_eval_of_a_checkpoint_file(run_dir, tmp_path):
+    r = _eval(run_dir / "last.safetensors", "--eps", "0.05", "--eps-sweep", "0,0.05",
+              "--out", str(tmp_path))
+    assert r["checkpoint"].endswith("last.safetensors") and r["eps"] == 0.05
+    assert [e["eps"] for e in r["eps_sweep"]] == [0.0, 0.05]
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--attacks", "clean,pgdd"], r"unknown attack 'pgdd'.*clean.*fgsm.*autoattack"),
+    (["--eps", "1.5"], r"eps must be in \[0, 1\]"),
+    (["--eps", "-0.1"], r"eps must be in \[0, 1\]"),
+    (["--eps-sweep", "0,2"], r"--eps-sweep value must be in \[0, 1\]"),
+    (["--n", "0"], r"--n must be an integer ≥ 1"),
+])
+def test_bad_arguments(run_dir, args, match):
+    with pytest.raises(ValueError, match=match):
+        main_eval([str(run_dir), *args])
+
+
+def test_missing_run_or_checkpoint(run_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main_eval([str(tmp_path / "nope")])
+    empty = Path(shutil.copytree(run_dir, tmp_path / "empty"))
+    for f in empty.glob("*.safetensors"):
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint in .*best\.safetensors"):
+        main_eval([str(empty)])
+    with pytest.raises(FileNotFoundError, match=r"config\.yaml not found"):
+        main_eval([str(tmp_path)])
+
+
+def test_config_that_does_not_match_the_weights(run_dir, tmp_path):
+    bad = Path(shutil.copytree(run_dir, tmp_path / "bad"))
+    cfg = bad / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("- - 4\n    - 4", "- - 16\n    - 16"))
+    assert "16" in cfg.read_text()
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        main_eval([str(bad), "--n", "10"])
