@@ -1,0 +1,81 @@
+"""make_attack: every registered attack keeps the contract and is deterministic under its seed."""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+
+import pytest
+import torch
+from torch import Tensor
+
+from digits_models import held_out, undefended
+from sstorch.attack_registry import ATTACKS, SeededAttack, make_attack
+from sstorch.attacks import PGD
+from sstorch.autoattack import AutoAttack
+
+EPS = 0.1
+MODULES = {"fab-t": "sstorch.fab", "square": "sstorch.square"}
+FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 2},
+        "fab-t": {"n_iter": 10, "n_target_classes": 2}, "square": {"n_queries": 200},
+        "autoattack": {"attacks": ["apgd-ce", "apgd-t"]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def build(name: str, seed: int = 0):
+    if name in MODULES and importlib.util.find_spec(MODULES[name]) is None:
+        pytest.skip(f"{MODULES[name]} is not written yet")
+    return make_attack(name, EPS, seed=seed, **FAST.get(name, {}))
+
+
+def accuracy(x: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return (undefended()(x).argmax(1) == y).float().mean().item()
+
+
+def test_registry_names() -> None:
+    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "fab-t", "square",
+                            "autoattack"}
+    with pytest.raises(ValueError, match="apgd-ce") as err:
+        make_attack("apgd", EPS)
+    assert "choose from" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_contract_and_determinism(name: str) -> None:
+    model, (x, y) = undefended(), held_out(64)
+    attack = build(name)
+    state = torch.get_rng_state()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        adv = attack(model, x, y)
+        again = build(name)(model, x, y)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG left alone
+    assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
+    assert (adv - x).abs().max().item() <= EPS + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert accuracy(adv, y) < accuracy(x, y)
+    assert torch.equal(adv, again)
+
+
+def test_defaults_and_overrides() -> None:
+    pgd = make_attack("pgd", 0.1)
+    assert isinstance(pgd, SeededAttack) and isinstance(pgd.attack, PGD)
+    assert (pgd.attack.steps, pgd.attack.restarts, pgd.attack.loss) == (50, 1, "ce")
+    assert pgd.attack.step_size == pytest.approx(2.5 * 0.1 / 50)
+    cw = make_attack("cw", 0.1, steps=20, restarts=3, seed=7)
+    assert (cw.attack.steps, cw.attack.restarts, cw.attack.loss, cw.seed) == (20, 3, "cw", 7)
+    apgd = make_attack("apgd-ce", 0.1, n_iter=30)
+    assert (apgd.n_iter, apgd.loss, apgd.n_restarts) == (30, "ce", 1)
+    assert make_attack("apgd-t", 0.1).n_target_classes == 9
+    aa = make_attack("autoattack", 0.1, seed=2)
+    assert isinstance(aa, AutoAttack) and aa.seed == 2 and aa.version == "standard"
+    assert torch.equal(make_attack("pgd", 0.0)(undefended(), *held_out(4)), held_out(4)[0])
