@@ -76,8 +76,22 @@ def _cmd_train(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_eval(argv: list[str]) -> int:
+    from .evaluate import main_eval
+
+    return main_eval(argv)
+
+
+def _cmd_report(argv: list[str]) -> int:
+    from .report import main_report
+
+    return main_report(argv)
+
+
 COMMANDS = {
     "train": (_cmd_train, "adversarial training (default: separable MLP on Fashion-MNIST)"),
+    "eval": (_cmd_eval, "robustness evaluation: FGSM, PGD, CW, AutoAttack, sanity checks"),
+    "report": (_cmd_report, "markdown table and plots across run directories"),
     "bench": (_cmd_bench, "layer speed benchmark: SeparableLinear vs nn.Linear vs tensorly-torch"),
     "summary": (_cmd_summary, "separate VGG-16 or a ViT and print the accounting"),
 }
