@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .separable import SeparableLinear
+from .surgery import probe_mode
 
 __all__ = ["LayerSummary", "ModelSummary", "sparse_tensor_bytes", "summary"]
 
@@ -155,14 +156,10 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
                if isinstance(m, (SeparableLinear, nn.Linear, nn.modules.conv._ConvNd))]
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.no_grad():
+        with probe_mode(model):
             model(example_input)
     finally:
-        for m, training in modes.items():
-            m.training = training
         for h in handles:
             h.remove()
     return counts[0] // batch, counts[1] // batch

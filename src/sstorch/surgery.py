@@ -19,7 +19,8 @@ from __future__ import annotations
 import fnmatch
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -29,7 +30,8 @@ from torch.overrides import TorchFunctionMode
 
 from .separable import SeparableLinear
 
-__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "plan_shapes", "separate"]
+__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "plan_shapes", "probe_mode",
+           "separate"]
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,19 @@ class _FlattenTracker(TorchFunctionMode):
         return out
 
 
+@contextmanager
+def probe_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no grad for a probing forward pass; every module's own mode is restored."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def find_flattened_inputs(model: nn.Module, example_input: Tensor) -> dict[str, tuple[int, ...]]:
     """Names of ``nn.Linear`` layers fed by a flattened feature map, with that map's shape.
 
@@ -185,14 +200,10 @@ def find_flattened_inputs(model: nn.Module, example_input: Tensor) -> dict[str, 
                 if rec is not None and rec[0] is args[0]:
                     found[name] = rec[1]
             handles.append(mod.register_forward_pre_hook(hook))
-    modes = {m: m.training for m in model.modules()}
-    try:
-        model.eval()  # no batch-norm updates, no dropout hiding the flatten
-        with torch.no_grad(), tracker:
+    try:  # eval mode: no batch-norm updates, no dropout hiding the flatten
+        with probe_mode(model), tracker:
             model(example_input)
     finally:
-        for m, training in modes.items():
-            m.training = training
         for h in handles:
             h.remove()
     return found
