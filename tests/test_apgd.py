@@ -6,23 +6,11 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from digits_models import fgsm_trained, held_out, undefended
+from digits_models import accuracy, fgsm_trained, held_out, undefended
 from sstorch.apgd import APGD, APGDTargeted, checkpoints, dlr_loss, dlr_targeted_loss, margin
 from sstorch.attacks import PGD
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def in_threat_model(adv: Tensor, x: Tensor, eps: float, norm: str) -> bool:

@@ -7,9 +7,8 @@ import warnings
 
 import pytest
 import torch
-from torch import Tensor
 
-from digits_models import held_out, undefended
+from digits_models import accuracy, held_out, undefended
 from sstorch.attack_registry import ATTACKS, SeededAttack, make_attack
 from sstorch.attacks import PGD
 from sstorch.autoattack import AutoAttack
@@ -21,24 +20,13 @@ FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 
         "autoattack": {"attacks": ["apgd-ce", "apgd-t"]}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(name: str, seed: int = 0):
     if name in MODULES and importlib.util.find_spec(MODULES[name]) is None:
         pytest.skip(f"{MODULES[name]} is not written yet")
     return make_attack(name, EPS, seed=seed, **FAST.get(name, {}))
-
-
-def accuracy(x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (undefended()(x).argmax(1) == y).float().mean().item()
 
 
 def test_registry_names() -> None:
@@ -62,7 +50,7 @@ def test_contract_and_determinism(name: str) -> None:
     assert adv.shape == x.shape and adv.dtype == x.dtype and not adv.requires_grad
     assert (adv - x).abs().max().item() <= EPS + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
-    assert accuracy(adv, y) < accuracy(x, y)
+    assert accuracy(model, adv, y) < accuracy(model, x, y)
     assert torch.equal(adv, again)
 
 

@@ -22,13 +22,7 @@ EPS = 0.15
 HAVE = {name: importlib.util.find_spec(f"sstorch.{name}") is not None for name in ("fab", "square")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -32,14 +31,7 @@ PER_CONFIG_SECONDS = 20.0  # the whole file must stay under ~120 s on 2 CPU core
 _elapsed: dict[str, float] = {}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (and stall badly when the
-    CPU is shared), so this module runs single-threaded and restores the setting after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rng(seed: int = 0) -> np.random.Generator:

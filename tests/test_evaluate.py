@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from digits_models import fit, held_out
 from sstorch.checkpoint import CheckpointError
 from sstorch.config import load_config
 from sstorch.evaluate import (
@@ -30,7 +30,6 @@ from sstorch.models import ImageClassifier
 from sstorch.separable import SeparableLinear
 from sstorch.train import train
 
-N_TRAIN = 1400
 SANITY_NAMES = ["monotone_eps", "large_eps", "iterative_vs_fgsm", "more_steps",
                 "blackbox_vs_whitebox", "deterministic_forward"]
 TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "separable", "n", "eps", "norm",
@@ -39,31 +38,15 @@ TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "separable", "n", "eps"
 FAST = ["--sanity-n", "100", "--square-n", "50", "--square-queries", "300"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: extra intra-op threads only add overhead on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- toy models
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
-    return x, torch.tensor(bunch.target)
-
-
-@pytest.fixture(scope="module")
-def test_loader(digits) -> DataLoader:
-    x, y = digits
-    return DataLoader(TensorDataset(x[N_TRAIN:], y[N_TRAIN:]), batch_size=200)
+def test_loader() -> DataLoader:
+    return DataLoader(TensorDataset(*held_out()), batch_size=200)
 
 
 class RoundFrontEnd(nn.Module):
@@ -84,16 +67,9 @@ class NoisyForward(nn.Module):
         return x + 0.01 * torch.randn_like(x)
 
 
-def _fit(net: nn.Module, digits: tuple[Tensor, Tensor], steps: int = 200) -> nn.Module:
-    x, y = digits
+def _fit(net: nn.Module, steps: int = 200) -> nn.Module:
     torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(steps):
-        loss = F.cross_entropy(net(x[:N_TRAIN]), y[:N_TRAIN])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net.eval()
+    return fit(net, steps)
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:
@@ -108,8 +84,8 @@ def _by_name(checks: list[SanityCheck]) -> dict[str, SanityCheck]:
 # --------------------------------------------------------------------------- sanity checks
 
 
-def test_sanity_checks_pass_on_a_normal_mlp(digits, test_loader):
-    net = _fit(_mlp(), digits)
+def test_sanity_checks_pass_on_a_normal_mlp(test_loader):
+    net = _fit(_mlp())
     checks = sanity_checks(net, test_loader, 0.1, square_n=100, square_queries=500)
     assert [c.name for c in checks] == SANITY_NAMES
     assert all(isinstance(c, SanityCheck) and c.detail for c in checks)
@@ -117,11 +93,11 @@ def test_sanity_checks_pass_on_a_normal_mlp(digits, test_loader):
     assert not failed, failed
 
 
-def test_sanity_checks_flag_masked_gradients(digits, test_loader):
-    net = _fit(nn.Sequential(RoundFrontEnd(4), _mlp()), digits)
-    x, y = digits
-    assert (net(x[N_TRAIN:]).argmax(1) == y[N_TRAIN:]).float().mean() > 0.85  # a real model
-    grad_x = x[N_TRAIN:N_TRAIN + 8].clone().requires_grad_(True)
+def test_sanity_checks_flag_masked_gradients(test_loader):
+    net = _fit(nn.Sequential(RoundFrontEnd(4), _mlp()))
+    x, y = held_out()
+    assert (net(x).argmax(1) == y).float().mean() > 0.85  # a real model
+    grad_x = x[:8].clone().requires_grad_(True)
     net(grad_x).sum().backward()
     assert grad_x.grad.abs().max() == 0  # the gradient is masked
     checks = _by_name(sanity_checks(net, test_loader, 0.1, square_n=100, square_queries=500))
@@ -131,17 +107,17 @@ def test_sanity_checks_flag_masked_gradients(digits, test_loader):
     assert checks["deterministic_forward"].passed
 
 
-def test_sanity_checks_flag_a_random_forward(digits, test_loader):
-    net = _fit(nn.Sequential(_mlp(), NoisyForward()), digits, steps=50)
+def test_sanity_checks_flag_a_random_forward(test_loader):
+    net = _fit(nn.Sequential(_mlp(), NoisyForward()), steps=50)
     check = _by_name(sanity_checks(net, test_loader, 0.1, square_n=20, square_queries=50))
     assert not check["deterministic_forward"].passed
     assert "max |Δlogit|" in check["deterministic_forward"].detail
 
 
-def test_evaluate_attacks_fast_path_equals_full_worst_case(digits, test_loader):
+def test_evaluate_attacks_fast_path_equals_full_worst_case(test_loader):
     from sstorch.attack_registry import make_attack
 
-    net = _fit(_mlp(), digits, steps=100)
+    net = _fit(_mlp(), steps=100)
     attacks = {"fgsm": make_attack("fgsm", 0.05), "pgd": make_attack("pgd", 0.05, steps=10)}
     fast = evaluate_attacks(net, test_loader, attacks, 0.05, seed=3)
     full = evaluate_attacks(net, test_loader, attacks, 0.05, seed=3, fast=False)
@@ -158,11 +134,11 @@ def test_evaluate_attacks_fast_path_equals_full_worst_case(digits, test_loader):
 # --------------------------------------------------------------------------- certificate
 
 
-def _certifiable(digits) -> ImageClassifier:
+def _certifiable() -> ImageClassifier:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), SeparableLinear((8, 8), (6, 6), flatten=True), nn.ReLU(),
                         nn.Linear(36, 16), nn.LeakyReLU(0.1), nn.Linear(16, 10))
-    return _fit(ImageClassifier(net, (0.3,), (0.4,), (1, 8, 8)), digits, steps=150)
+    return _fit(ImageClassifier(net, (0.3,), (0.4,), (1, 8, 8)), steps=150)
 
 
 def _l2_pgd(model: nn.Module, x: Tensor, y: Tensor, radius: Tensor, steps: int = 50) -> Tensor:
@@ -183,8 +159,8 @@ def _l2_pgd(model: nn.Module, x: Tensor, y: Tensor, radius: Tensor, steps: int =
     return (x + delta).detach()
 
 
-def test_lipschitz_bound_is_the_product_of_layer_norms(digits):
-    model = _certifiable(digits)
+def test_lipschitz_bound_is_the_product_of_layer_norms():
+    model = _certifiable()
     net = model.net
     sep = net[1]
     sigma = [float(torch.linalg.svdvals(w.detach().double())[0])
@@ -202,10 +178,9 @@ def test_lipschitz_bound_is_the_product_of_layer_norms(digits):
     assert lip is None and "GELU" in detail
 
 
-def test_certified_radius_is_a_true_lower_bound(digits):
-    model = _certifiable(digits)
-    x, y = digits
-    x, y = x[N_TRAIN:N_TRAIN + 200], y[N_TRAIN:N_TRAIN + 200]
+def test_certified_radius_is_a_true_lower_bound():
+    model = _certifiable()
+    x, y = held_out(200)
     cert = certify(model, DataLoader(TensorDataset(x, y), batch_size=64), radii=(0.05, 0.1))
     rho = cert["radii"].float()
     assert cert["lipschitz"] > 0 and cert["radius_median"] == pytest.approx(float(rho.median()))

@@ -1,8 +1,8 @@
 """Tests for :mod:`sstorch.kronecker`: Kronecker algebra, mode products, nearest Kronecker.
 
-Every reference in this file is built independently of the code under test: dense weights come
-from explicit ``torch.kron`` chains or from the index definition of the mode product (einsum),
-and the Van Loan–Pitsianis optimum is recomputed with numpy.
+Every reference is built independently of the code under test: dense weights come from explicit
+``torch.kron`` chains (kron_reference.py) or from the index definition of the mode product
+(einsum, below), and the Van Loan–Pitsianis optimum is recomputed with numpy (kron_reference.py).
 """
 
 from __future__ import annotations
@@ -13,33 +13,16 @@ import random
 import re
 import string
 
-import numpy as np
 import pytest
 import torch
 
+from kron_reference import F64, explicit_dense, random_factors, vlp_optimal_error
 from sstorch.kronecker import kron, kron_sum, mode_products, nearest_kronecker
 
-F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    """Every test starts from the same global RNG state (nn.Linear init, torch.randn)."""
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")  # the global RNG at seed 0 for every test
 
 
 # --------------------------------------------------------------------------- references
-
-
-def explicit_dense(factors: list[torch.Tensor]) -> torch.Tensor:
-    """``Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` by a plain ``torch.kron`` chain (row-major convention)."""
-    total = None
-    for r in range(factors[0].shape[0]):
-        term = factors[0][r]
-        for u in factors[1:]:
-            term = torch.kron(term, u[r])
-        total = term if total is None else total + term
-    return total
 
 
 def einsum_mode_products(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.Tensor:
@@ -50,24 +33,9 @@ def einsum_mode_products(x: torch.Tensor, factors: list[torch.Tensor]) -> torch.
     return torch.einsum(eq + "->z" + outs, x, *factors)
 
 
-def random_factors(rank, out_shape, in_shape, seed=0, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(rank, m, n, generator=g, dtype=dtype)
-            for m, n in zip(out_shape, in_shape, strict=True)]
-
-
 def random_shapes(k: int, seed: int, lo: int = 1, hi: int = 5):
     rng = random.Random(seed)
     return ([rng.randint(lo, hi) for _ in range(k)], [rng.randint(lo, hi) for _ in range(k)])
-
-
-def vlp_optimal_error(w: np.ndarray, in_shape, out_shape, rank: int) -> float:
-    """Van Loan–Pitsianis: best rank-R Kronecker-sum error of a K = 2 weight, via numpy SVD."""
-    (m1, m2), (n1, n2) = out_shape, in_shape
-    # W[(i1 i2), (j1 j2)] -> R[(i1 j1), (i2 j2)], so that A ⊗ B -> vec(A) vec(B)^T.
-    rearranged = w.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
-    s = np.linalg.svd(rearranged, compute_uv=False)
-    return float(np.sqrt(np.sum(s[rank:] ** 2)) / np.linalg.norm(w))
 
 
 # --------------------------------------------------------------------------- kron / kron_sum

@@ -20,14 +20,7 @@ HIDDEN = {(1, 28, 28): [[32, 32], [32, 32]], (3, 32, 32): [[4, 16, 16], [4, 16, 
           (1, 8, 8): [[8, 8]]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (and stall badly when the
-    CPU is shared), so this module runs single-threaded and restores the setting after."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(name: str, separable: bool, shape: tuple[int, ...], **kw) -> ModelConfig:

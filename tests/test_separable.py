@@ -1,7 +1,8 @@
 """Tests for :class:`sstorch.separable.SeparableLinear`.
 
-Dense references are explicit ``torch.kron`` chains built here, in the documented row-major
-convention ``W = Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` (so that ``y.flatten(-K) = x.flatten(-K) @ W.T + b``).
+Dense references are explicit ``torch.kron`` chains (from kron_reference.py), in the documented
+row-major convention ``W = Σ_r U_1[r] ⊗ … ⊗ U_K[r]``, so that
+``y.flatten(-K) = x.flatten(-K) @ W.T + b``.
 """
 
 from __future__ import annotations
@@ -17,29 +18,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kron_reference import F64, explicit_dense, random_factors, vlp_optimal_error
 from sstorch import SeparableLinear
 
-F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _seed():
-    """Every test starts from the same global RNG state (nn.Linear init, torch.randn)."""
-    torch.manual_seed(0)
+pytestmark = pytest.mark.usefixtures("seeded")  # the global RNG at seed 0 for every test
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def explicit_dense(factors) -> torch.Tensor:
-    """``Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` by a plain ``torch.kron`` chain."""
-    total = None
-    for r in range(factors[0].shape[0]):
-        term = factors[0][r]
-        for u in factors[1:]:
-            term = torch.kron(term, u[r])
-        total = term if total is None else total + term
-    return total
 
 
 def make_layer(in_shape, out_shape, rank=1, bias=True, flatten=False, seed=0):
@@ -360,12 +345,6 @@ def rel_error(w: torch.Tensor, layer: SeparableLinear) -> float:
     return float((w - explicit_dense([f.detach() for f in layer.factors])).norm() / w.norm())
 
 
-def random_factors(rank, out_shape, in_shape, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(rank, m, n, generator=g, dtype=F64)
-            for m, n in zip(out_shape, in_shape, strict=True)]
-
-
 @pytest.mark.parametrize(
     ("in_shape", "out_shape", "rank", "tol"),
     [((4, 7), (6, 5), 1, 1e-10), ((2, 3, 4), (3, 2, 2), 1, 1e-10),
@@ -397,14 +376,6 @@ def test_from_linear_reports_true_error_for_random_weight(in_shape, out_shape, r
     assert 0 < layer.approx_error <= 1
     assert layer.approx_error == pytest.approx(rel_error(linear.weight.detach(), layer),
                                                rel=1e-9)
-
-
-def vlp_optimal_error(w: np.ndarray, in_shape, out_shape, rank: int) -> float:
-    """Van Loan–Pitsianis optimum for K = 2, by numpy SVD of the rearranged weight."""
-    (m1, m2), (n1, n2) = out_shape, in_shape
-    rearranged = w.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
-    s = np.linalg.svd(rearranged, compute_uv=False)
-    return float(np.sqrt(np.sum(s[rank:] ** 2)) / np.linalg.norm(w))
 
 
 def test_from_linear_k2_is_optimal_and_improves_with_rank():

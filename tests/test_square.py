@@ -8,59 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.config import ModelConfig
-from sstorch.models import build_model
+from digits_models import accuracy, check_linf_contract
 from sstorch.square import Square
 
-N_TRAIN = 1400
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[Tensor, Tensor]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
-    return x, torch.tensor(bunch.target)
-
-
-@pytest.fixture(scope="module")
-def model(digits) -> nn.Module:
-    """An undefended MLP trained clean on sklearn digits (≈ 92 % test accuracy), in eval mode."""
-    x, y = digits
-    torch.manual_seed(0)
-    net = build_model(ModelConfig(name="mlp", separable=False, hidden=[64]), 10, (1, 8, 8),
-                      (0.3053,), (0.3760,))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(200):
-        loss = F.cross_entropy(net(x[:N_TRAIN]), y[:N_TRAIN])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    net.eval()
-    for p in net.parameters():
-        p.grad = None
-    return net
-
-
-@pytest.fixture(scope="module")
-def test_set(digits) -> tuple[Tensor, Tensor]:
-    x, y = digits
-    return x[N_TRAIN:N_TRAIN + 200], y[N_TRAIN:N_TRAIN + 200]
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
+pytestmark = pytest.mark.usefixtures("one_thread")  # model, test_set: conftest.py
 
 
 class _NoBackward(torch.autograd.Function):
@@ -93,17 +44,7 @@ def test_undefended_model_is_accurate(model, test_set) -> None:
 
 @pytest.mark.parametrize("eps", [0.05, 0.3])
 def test_output_in_eps_box_and_pixel_box(eps: float, model, test_set) -> None:
-    x, y = test_set
-    x = x.clone().requires_grad_(True)  # a caller's tensor that requires grad
-    before = x.detach().clone()
-    adv = Square(eps, n_queries=200)(model, x, y)
-    assert adv.shape == x.shape and adv.dtype == x.dtype
-    assert not adv.requires_grad and adv.grad_fn is None
-    assert (adv - before).abs().max().item() <= eps + 1e-6
-    assert adv.min().item() >= 0.0 and adv.max().item() <= 1.0
-    assert torch.equal(x.detach(), before) and x.grad is None
-    assert all(p.grad is None for p in model.parameters())
-    assert (adv != before).any()
+    check_linf_contract(Square(eps, n_queries=200), model, *test_set, eps)
 
 
 def test_breaks_an_undefended_model_and_leaves_misclassified_inputs(model, test_set) -> None:

@@ -33,6 +33,8 @@ from sstorch.train import TrainingDiverged, evaluate, train
 LAYER = "net.1"  # the separable hidden layer of the MLP
 N_FACTOR_ENTRIES = 8 * 4 + 8 * 4  # factors U1 (4×8) and U2 (4×8)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -82,16 +84,6 @@ def _assert_in_box(x: torch.Tensor, x_adv: torch.Tensor, eps: float) -> None:
     assert not x_adv.requires_grad
     assert (x_adv - x).abs().max().item() <= eps + 1e-6
     assert x_adv.min().item() >= 0.0 and x_adv.max().item() <= 1.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's
-    waiting threads make every step ~10× slower; restore the setting for other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
