@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import Config, ConfigError, load_config
@@ -152,7 +154,7 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
 
 def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, Attack],
                      eps: float, seed: int = 0, device: torch.device | str | None = None,
-                     fast: bool = True) -> dict[str, Any]:
+                     fast: bool = True, progress: bool = False) -> dict[str, Any]:
     """Clean accuracy, per-attack accuracy and wall time, and per-example worst-case accuracy.
 
     ``robust_acc = (1/n) Σ_i 1[f(x_i) = y_i ∧ ∀a ∈ attacks: f(a(x_i)) = y_i]``. With ``fast``
@@ -171,7 +173,9 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     tried = dict.fromkeys(names, 0)
     n = n_clean = n_robust = 0
     clean_secs = 0.0
-    with _frozen(model):
+    bar = tqdm(total=len(loader.dataset), unit="img", desc="attacks", disable=not progress,
+               leave=False, dynamic_ncols=True, file=sys.stderr)
+    with _frozen(model), bar:
         for b, (x, y) in enumerate(loader):
             x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
@@ -198,6 +202,8 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
             n += y.numel()
             n_clean += int(correct.sum())
             n_robust += int(robust.sum())
+            bar.update(y.numel())
+            bar.set_postfix(clean=f"{n_clean / n:.3f}", robust=f"{n_robust / n:.3f}")
     n_div = max(n, 1)
     return {
         "n": n, "clean_acc": n_clean / n_div, "clean_seconds": clean_secs,
@@ -621,7 +627,8 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         f"attacks {','.join(names)}, device {dev}")
 
     objs = {a: _make_attack(a, eps, seed) for a in names if a != "clean"}
-    res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast)
+    res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
+                           progress=True)
     table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
                        "n_attacked": res["n"]}} if "clean" in names else {}
     table.update(res["attacks"])

@@ -49,8 +49,9 @@ def linf_hyperplane_projection(points: Tensor, w: Tensor, c: Tensor) -> Tensor:
     target = c.abs()
     caps, order = room.sort(dim=1)
     u = weight.gather(1, order)
-    below = torch.cumsum(u * caps, dim=1) - u * caps  # Σ_{k<j} u_k a_k
-    above = u.flip(1).cumsum(1).flip(1)  # Σ_{k≥j} u_k
+    uc = u * caps
+    below = torch.cumsum(uc, dim=1).sub_(uc)  # Σ_{k<j} u_k a_k
+    above = u.sum(1, keepdim=True) - torch.cumsum(u, dim=1).sub_(u)  # Σ_{k≥j} u_k
     reach = below + caps * above  # g(a_j)
     hit = reach >= target[:, None]
     feasible = hit.any(1)
