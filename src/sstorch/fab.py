@@ -47,6 +47,41 @@ def linf_hyperplane_projection(points: Tensor, w: Tensor, c: Tensor) -> Tensor:
     room = torch.where(direction > 0, 1 - points, points).clamp(min=0)
     weight = w.abs() * (direction != 0)
     target = c.abs()
+    t = _newton_radius(room, weight, target)
+    todo = t.isnan()  # rows where Newton did not settle in its budget: exact sort below
+    if bool(todo.any()):
+        t[todo] = _sorted_radius(room[todo], weight[todo], target[todo])
+    return direction * torch.minimum(room, t[:, None])
+
+
+def _newton_radius(room: Tensor, weight: Tensor, target: Tensor, max_iter: int = 12) -> Tensor:
+    """Root of ``g(t) = Σ w_i min(t, u_i) = |c|`` by Newton's method from the left.
+
+    ``g`` is concave, nondecreasing and piecewise linear, so Newton steps from
+    ``t₀ = |c| / Σ w ≤ t*`` increase monotonically and stop exactly at ``t*`` once the set of
+    binding caps ``{u_i < t}`` no longer changes: ``t = (|c| − Σ_{u_i<t} w_i u_i) / Σ_{u_i≥t} w_i``.
+    Infeasible rows (``g(∞) < |c|``) get ``inf``; rows not settled after ``max_iter`` steps get
+    NaN (the caller falls back to the sort-based solution).
+    """
+    feasible = (weight * room).sum(1) >= target
+    t = target / weight.sum(1).clamp(min=1e-30)
+    binding = room < t[:, None]
+    settled = torch.zeros_like(feasible)
+    for _ in range(max_iter):
+        free = (weight * ~binding).sum(1)
+        t = (target - (weight * room * binding).sum(1)) / free.clamp(min=1e-30)
+        new_binding = room < t[:, None]
+        settled = (new_binding == binding).all(1)
+        binding = new_binding
+        if bool(settled.all()):
+            break
+    t = t.clamp(min=0)
+    t = torch.where(settled, t, torch.full_like(t, float("nan")))
+    return torch.where(feasible, t, torch.full_like(t, float("inf")))
+
+
+def _sorted_radius(room: Tensor, weight: Tensor, target: Tensor) -> Tensor:
+    """The same root from the sorted breakpoints (O(d log d) per row, always exact)."""
     caps, order = room.sort(dim=1)
     u = weight.gather(1, order)
     uc = u * caps
@@ -58,7 +93,7 @@ def linf_hyperplane_projection(points: Tensor, w: Tensor, c: Tensor) -> Tensor:
     j = hit.int().argmax(1, keepdim=True)  # first breakpoint with g ≥ |c|
     t = (target[:, None] - below.gather(1, j)) / above.gather(1, j).clamp(min=1e-30)
     t = torch.where(feasible[:, None], t.clamp(min=0), torch.full_like(t, float("inf")))
-    return direction * torch.minimum(room, t)
+    return t.squeeze(1)
 
 
 class FABTargeted:
