@@ -10,7 +10,12 @@ from torch import nn
 
 from digits_models import accuracy, check_linf_contract
 from sstorch.attacks import FGSM
-from sstorch.fab import FABTargeted, linf_hyperplane_projection
+from sstorch.fab import (
+    FABTargeted,
+    _newton_radius,
+    _sorted_radius,
+    linf_hyperplane_projection,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # model, test_set: conftest.py
 
@@ -57,6 +62,30 @@ def test_projection_is_the_linear_program_optimum() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # The contract
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 50.0])
+def test_newton_radius_equals_sorted_breakpoints(scale: float) -> None:
+    """The Newton water-filling root equals the sort-based one, incl. infeasible rows."""
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(300, 200, generator=g, dtype=torch.float64)
+    p[p < 0.3] = 0  # many pixels on the box face, as in real images
+    w = torch.randn(300, 200, generator=g, dtype=torch.float64)
+    w[torch.rand(300, 200, generator=g) < 0.2] = 0
+    c = scale * torch.randn(300, generator=g, dtype=torch.float64)
+    direction = torch.sign(w) * torch.sign(c)[:, None]
+    room = torch.where(direction > 0, 1 - p, p)
+    weight = w.abs() * (direction != 0)
+    newton = _newton_radius(room, weight, c.abs())
+    exact = _sorted_radius(room, weight, c.abs())
+    assert not newton.isnan().any()
+    assert torch.equal(newton.isinf(), exact.isinf())
+    if scale == 50.0:
+        assert exact.isinf().any()  # the infeasible branch is exercised
+    finite = exact.isfinite()
+    torch.testing.assert_close(newton[finite], exact[finite], rtol=1e-12, atol=1e-12)
+    # A zero step budget leaves rows unsettled (NaN): the projection must fall back to sorting.
+    assert _newton_radius(room, weight, c.abs(), max_iter=0).isnan().any()
 
 
 def test_undefended_model_is_accurate(model, test_set) -> None:
