@@ -30,14 +30,14 @@ def build(name: str, seed: int = 0):
 
 
 def test_registry_names() -> None:
-    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "fab-t", "square",
-                            "autoattack"}
+    assert set(ATTACKS) == {"fgsm", "pgd", "cw", "pgd-l2", "apgd-ce", "apgd-t", "fab-t",
+                            "square", "autoattack"}
     with pytest.raises(ValueError, match="apgd-ce") as err:
         make_attack("apgd", EPS)
     assert "choose from" in str(err.value)
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("name", sorted(set(ATTACKS) - {"pgd-l2"}))  # L∞ attacks
 def test_contract_and_determinism(name: str) -> None:
     model, (x, y) = undefended(), held_out(64)
     attack = build(name)
@@ -67,3 +67,17 @@ def test_defaults_and_overrides() -> None:
     aa = make_attack("autoattack", 0.1, seed=2)
     assert isinstance(aa, AutoAttack) and aa.seed == 2 and aa.version == "standard"
     assert torch.equal(make_attack("pgd", 0.0)(undefended(), *held_out(4)), held_out(4)[0])
+
+
+def test_pgd_l2_contract_and_determinism() -> None:
+    model, (x, y) = undefended(), held_out(64)
+    radius = 1.0  # L2, pixel space; 8×8 digits
+    state = torch.get_rng_state()
+    adv = make_attack("pgd-l2", radius, steps=20)(model, x, y)
+    again = make_attack("pgd-l2", radius, steps=20)(model, x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert (adv - x).flatten(1).norm(dim=1).max().item() <= radius + 1e-5
+    assert adv.min() >= 0 and adv.max() <= 1 and not adv.requires_grad
+    assert accuracy(model, adv, y) < 0.5 * accuracy(model, x, y)
+    assert torch.equal(adv, again)
+    assert torch.equal(make_attack("pgd-l2", 0.0)(model, x, y), x)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from digits_models import accuracy, check_linf_contract, clean_mlp, held_out
-from sstorch.attacks import FGSM, PGD, cw_margin_loss, trades_adversary
+from sstorch.attacks import FGSM, PGD, PGDL2, cw_margin_loss, trades_adversary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -308,3 +308,18 @@ def test_cw_margin_loss_gradient() -> None:
     margin.sum().backward()
     # +1 on the best other class, −1 on the true class, 0 elsewhere.
     torch.testing.assert_close(logits.grad, torch.tensor([[0.0, -1.0, 1.0], [-1.0, 0.0, 1.0]]))
+
+
+def test_pgd_l2_stays_in_the_l2_ball_and_beats_a_smaller_budget(model, test_set) -> None:
+    x, y = test_set
+    torch.manual_seed(0)
+    adv = PGDL2(eps=0.8, step_size=0.1, steps=20, restarts=2)(model, x, y)
+    assert (adv - x).flatten(1).norm(dim=1).max().item() <= 0.8 + 1e-5
+    assert adv.min() >= 0 and adv.max() <= 1
+    torch.manual_seed(0)
+    small = PGDL2(eps=0.2, step_size=0.025, steps=20)(model, x, y)
+    assert accuracy(model, adv, y) <= accuracy(model, small, y) < accuracy(model, x, y)
+    for bad in (dict(eps=-1.0, step_size=0.1), dict(eps=float("nan"), step_size=0.1),
+                dict(eps=1.0, step_size=0.0), dict(eps=1.0, step_size=0.1, loss="l2")):
+        with pytest.raises(ValueError):
+            PGDL2(**bad)

@@ -6,6 +6,7 @@ name              attack (defaults)
 ``fgsm``          :class:`~sstorch.attacks.FGSM`, one signed-gradient step of size ε
 ``pgd``           :class:`~sstorch.attacks.PGD`, CE loss, 50 steps of 2.5ε/50, 1 restart
 ``cw``            :class:`~sstorch.attacks.PGD` on the CW margin, 50 steps of 2.5ε/50
+``pgd-l2``        :class:`~sstorch.attacks.PGDL2`, CE loss, 50 steps of 2.5ε/50 (ε an L2 radius)
 ``apgd-ce``       :class:`~sstorch.apgd.APGD`, CE loss, 100 iterations
 ``apgd-t``        :class:`~sstorch.apgd.APGDTargeted`, DLR-T loss, 9 targets, 100 iterations
 ``fab-t``         ``sstorch.fab.FABTargeted``, 9 targets, 100 iterations
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .apgd import APGD, APGDTargeted
-from .attacks import FGSM, PGD
+from .attacks import FGSM, PGD, PGDL2
 from .autoattack import AutoAttack
 
 __all__ = ["ATTACKS", "Attack", "SeededAttack", "make_attack"]
@@ -70,6 +71,13 @@ def _pgd(eps: float, seed: int, loss: str, steps: int = 50, step_size: float | N
                         seed)
 
 
+def _pgd_l2(eps: float, seed: int, steps: int = 50, step_size: float | None = None,
+            **kwargs: Any) -> Attack:
+    """L2 PGD; ``eps`` is an L2 radius in pixel space."""
+    step_size = (2.5 * eps / steps if eps > 0 else 1.0) if step_size is None else step_size
+    return SeededAttack(PGDL2(eps, step_size, steps=steps, **kwargs), seed)
+
+
 def _lazy(module: str, cls: str) -> Callable[..., Attack]:
     def make(eps: float, seed: int = 0, **kwargs: Any) -> Attack:
         return getattr(importlib.import_module(module), cls)(eps, seed=seed, **kwargs)
@@ -80,6 +88,7 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "fgsm": lambda eps, seed=0, **kw: SeededAttack(FGSM(eps, **kw), seed),
     "pgd": lambda eps, seed=0, **kw: _pgd(eps, seed, "ce", **kw),
     "cw": lambda eps, seed=0, **kw: _pgd(eps, seed, "cw", **kw),
+    "pgd-l2": lambda eps, seed=0, **kw: _pgd_l2(eps, seed, **kw),
     "apgd-ce": lambda eps, seed=0, **kw: APGD(eps, seed=seed, **{"loss": "ce", **kw}),
     "apgd-t": lambda eps, seed=0, **kw: APGDTargeted(eps, seed=seed, **kw),
     "fab-t": _lazy("sstorch.fab", "FABTargeted"),

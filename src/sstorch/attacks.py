@@ -7,11 +7,13 @@ The caller chooses the model's mode (evaluation uses ``model.eval()``).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FGSM", "PGD", "cw_margin_loss", "trades_adversary"]
+__all__ = ["FGSM", "PGD", "PGDL2", "cw_margin_loss", "trades_adversary"]
 
 
 def _check(eps: float, steps: int = 1, step_size: float = 1.0) -> None:
@@ -96,6 +98,68 @@ class PGD:
             loss = self._loss(model(x_adv), labels)
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = _project(x_adv.detach() + self.step_size * grad.sign(), x, self.eps)
+        return x_adv.detach()
+
+    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        x = images.detach()
+        if self.eps == 0:
+            return x.clone()
+        best = self._run(model, x, labels)
+        for _ in range(self.restarts - 1):
+            with torch.no_grad():
+                fooled = model(best).argmax(1) != labels
+            if bool(fooled.all()):
+                break
+            cand = self._run(model, x, labels)
+            best = torch.where(fooled.view(-1, *[1] * (x.dim() - 1)), best, cand)
+        return best
+
+
+class PGDL2:
+    """L2 projected gradient descent (Madry et al. 2018) with random restarts.
+
+    ``x_{t+1} = Π_{B₂(x, ε) ∩ [0,1]}(x_t + α·∇ℓ/‖∇ℓ‖₂)`` from a uniform random point of the
+    L2 ball; ``loss`` is ``"ce"`` or ``"cw"``. ``ε`` is an L2 radius in pixel space (it may
+    exceed 1, e.g. 0.5 on CIFAR-10, 1.5 on MNIST). Per example, the first restart that fools
+    the model is kept.
+
+    >>> adv = PGDL2(eps=0.5, step_size=0.1, steps=20)(model, images, labels)
+    """
+
+    def __init__(self, eps: float, step_size: float, steps: int = 10, restarts: int = 1,
+                 random_start: bool = True, loss: str = "ce") -> None:
+        if not eps >= 0 or not math.isfinite(eps):
+            raise ValueError(f"eps must be a finite L2 radius ≥ 0, got {eps}")
+        _check(0.0, steps, step_size)
+        if restarts < 1:
+            raise ValueError(f"restarts must be ≥ 1, got {restarts}")
+        if loss not in ("ce", "cw"):
+            raise ValueError(f"loss must be 'ce' or 'cw', got {loss!r}")
+        self.eps, self.step_size, self.steps = eps, step_size, steps
+        self.restarts, self.random_start, self.loss = restarts, random_start, loss
+
+    def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        delta = x_adv - x
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = (self.eps / norms).clamp(max=1.0).view(-1, *[1] * (x.dim() - 1))
+        return (x + delta * factor).clamp(0, 1)
+
+    def _run(self, model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
+        x_adv = x.clone()
+        if self.random_start:  # uniform in the ball: random direction, radius ε·U^(1/d)
+            d = x[0].numel()
+            direction = torch.randn_like(x)
+            direction /= direction.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
+            radius = self.eps * torch.rand(len(x), device=x.device) ** (1 / d)
+            x_adv = self._project(x + direction * radius.view(-1, *[1] * (x.dim() - 1)), x)
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            logits = model(x_adv)
+            loss = (cw_margin_loss(logits, labels).sum() if self.loss == "cw"
+                    else F.cross_entropy(logits, labels, reduction="sum"))
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            x_adv = self._project(x_adv.detach() + self.step_size * grad / g_norm, x)
         return x_adv.detach()
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
