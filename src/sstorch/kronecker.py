@@ -78,17 +78,16 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     if strategy in ("left", "unfold") and rank != 1:
         raise ValueError(f"strategy={strategy!r} supports rank 1 only")
     if strategy == "left":
+        # Reshapes use -1 for the leading size, so traced graphs (ONNX) keep a dynamic batch.
         y = x
-        lead = batch
         for k, u in enumerate(factors):
             u = u[0]
             if k == len(factors) - 1:
                 y = y.reshape(-1, in_dims[k]) @ u.t()
             else:
-                rest = math.prod(in_dims[k + 1 :])
-                y = torch.bmm(u.expand(lead, *u.shape), y.reshape(lead, in_dims[k], rest))
-                lead *= out_dims[k]
-        return y.reshape(batch, *out_dims)
+                y = y.reshape(-1, in_dims[k], math.prod(in_dims[k + 1 :]))
+                y = torch.bmm(u.expand(y.shape[0], *u.shape), y)
+        return y.reshape(-1, *out_dims)
     if strategy == "unfold":
         y = x
         for k, u in enumerate(factors):

@@ -181,9 +181,8 @@ class SeparableLinear(nn.Module):
                     "reshape it, or build the layer with flatten=True to take flat features"
                 )
             batch_shape = x.shape[: x.dim() - k]
-        b = math.prod(batch_shape)
-        y = mode_products(x.reshape(b, *self.in_shape), self.effective_factors())
-        y = y.reshape(b, self.out_features)
+        y = mode_products(x.reshape(-1, *self.in_shape), self.effective_factors())
+        y = y.reshape(-1, self.out_features)
         if self.bias is not None:
             y = y + self.bias
         if self.flatten:
