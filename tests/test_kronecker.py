@@ -84,7 +84,7 @@ def test_kron_sum_matches_explicit_sum(k, rank):
 @pytest.mark.parametrize(
     ("rank", "strategy"),
     [(1, "auto"), (1, "left"), (1, "cyclic"), (1, "unfold"), (2, "auto"), (2, "cyclic"),
-     (3, "cyclic")],
+     (3, "cyclic"), (1, "dense"), (3, "dense")],
 )
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_mode_products_matches_dense_and_definition(k, rank, strategy):
@@ -122,6 +122,23 @@ def test_strategies_agree(in_shape, out_shape):
     )
 
 
+def test_auto_materializes_only_when_cheaper_and_never_while_tracing():
+    from sstorch.kronecker import _auto_strategy
+
+    # (28,28)->(32,32): mode products cost R·53,760 MACs per example vs M·N = 802,816.
+    assert _auto_strategy(128, (28, 28), (32, 32), 1) == "left"
+    assert _auto_strategy(128, (28, 28), (32, 32), 8) == "cyclic"
+    assert _auto_strategy(128, (28, 28), (32, 32), 44) == "dense"
+    assert _auto_strategy(1, (28, 28), (32, 32), 44) == "cyclic"  # materializing W costs R·M·N
+    factors = [f.float() for f in random_factors(44, (8, 8), (7, 7), seed=2)]
+    x = torch.randn(64, 7, 7)
+    expected = mode_products(x, factors, strategy="cyclic")
+    torch.testing.assert_close(mode_products(x, factors), expected, rtol=1e-4, atol=1e-4)
+    traced = torch.jit.trace(lambda t: mode_products(t, factors), (x,), check_trace=False)
+    assert "einsum" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_mode_products_non_contiguous_input():
     factors = random_factors(2, (3, 4), (5, 6), seed=1)
     x = torch.randn(6, 5, 4, dtype=F64).permute(2, 1, 0)  # (4, 5, 6), non-contiguous
@@ -137,7 +154,7 @@ def test_rank_one_strategies_refuse_rank_above_one(strategy):
         mode_products(torch.randn(2, 5, 6, dtype=F64), factors, strategy=strategy)
 
 
-@pytest.mark.parametrize("strategy", ["", "dense", "Cyclic", "unfolded"])
+@pytest.mark.parametrize("strategy", ["", "materialize", "Cyclic", "unfolded"])
 def test_unknown_strategy_raises(strategy):
     factors = random_factors(1, (3, 4), (5, 6))
     with pytest.raises(ValueError, match=f"got {strategy!r}"):

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["kron", "kron_sum", "mode_products", "nearest_kronecker"]
+__all__ = ["kron", "kron_sum", "kron_sum_fast", "mode_products", "nearest_kronecker"]
 
 
 def kron(*mats: Tensor) -> Tensor:
@@ -48,7 +48,8 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     Args:
         x: ``(B, n_1, ..., n_K)``.
         factors: K tensors of shape ``(R, m_k, n_k)``.
-        strategy: ``"left"`` (R = 1), ``"cyclic"``, ``"unfold"`` (R = 1) or ``"auto"``.
+        strategy: ``"left"`` (R = 1), ``"cyclic"``, ``"unfold"`` (R = 1), ``"dense"`` or
+            ``"auto"``.
 
     Returns:
         ``(B, m_1, ..., m_K)``.
@@ -63,9 +64,15 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
       R terms are the batch of one bmm per mode, ``(R, B·rest, n_k) @ (R, n_k, m_k)``.
     * ``unfold``: the mode-k unfolding ``U_k @ X_(k)`` (tensorly's ``mode_dot``).
 
+    * ``dense``: materialize ``W = Σ_r ⊗_k U_k[r]`` once per call (``R M N`` multiply-adds,
+      contracting r inside one einsum) and apply one ``(B, N) @ Wᵀ`` GEMM.
+
     ``auto`` is ``left`` for R = 1 and ``cyclic`` for R > 1, the fastest on every shape of
-    ``benchmarks/layer_speed.py``. Cost: ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k`` multiply-adds
-    per example.
+    ``benchmarks/layer_speed.py`` — except when the mode products cost more than
+    materializing: their cost ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k`` multiply-adds per
+    example exceeds ``M N`` once R is large (R ≳ 15 for (28,28)→(32,32)); then ``auto`` picks
+    ``dense`` when ``B·modes > 1.25 (B M N + R M N)``. Never while tracing or exporting (the
+    exported graph keeps the factors, see ``sstorch.export``).
     """
     batch = x.shape[0]
     rank = factors[0].shape[0]
@@ -74,7 +81,9 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     if batch == 0:
         return x.new_zeros(0, *out_dims) + 0 * (x.sum() + sum(u.sum() for u in factors))
     if strategy == "auto":
-        strategy = "left" if rank == 1 else "cyclic"
+        strategy = _auto_strategy(batch, in_dims, out_dims, rank)
+    if strategy == "dense":
+        return (x.reshape(batch, -1) @ kron_sum_fast(factors).t()).reshape(batch, *out_dims)
     if strategy in ("left", "unfold") and rank != 1:
         raise ValueError(f"strategy={strategy!r} supports rank 1 only")
     if strategy == "left":
@@ -98,7 +107,7 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
         return y
     if strategy != "cyclic":
         raise ValueError(
-            f"strategy must be 'auto', 'left', 'cyclic' or 'unfold', got {strategy!r}")
+            f"strategy must be 'auto', 'left', 'cyclic', 'unfold' or 'dense', got {strategy!r}")
     if rank == 1:
         y = x
         for u in factors:
@@ -114,6 +123,30 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
         y = y.reshape(rank, batch, in_dims[k], -1).transpose(2, 3)  # (R, B, rest, n_k)
         y = torch.bmm(y.reshape(rank, -1, in_dims[k]), factors[k].transpose(1, 2))
     return y.reshape(rank, batch, *out_dims).sum(0)
+
+
+def _auto_strategy(batch: int, in_dims: Sequence[int], out_dims: Sequence[int],
+                   rank: int) -> str:
+    """The cheaper of mode products and materializing W (see :func:`mode_products`)."""
+    modes = "left" if rank == 1 else "cyclic"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return modes
+    m_total, n_total = math.prod(out_dims), math.prod(in_dims)
+    per_example = rank * sum(
+        math.prod(out_dims[:k]) * math.prod(in_dims[k:]) * out_dims[k]
+        for k in range(len(in_dims)))
+    dense = batch * m_total * n_total + rank * m_total * n_total
+    return "dense" if batch * per_example > 1.25 * dense else modes
+
+
+def kron_sum_fast(factors: Sequence[Tensor]) -> Tensor:
+    """``Σ_r U_1[r] ⊗ … ⊗ U_K[r]`` as one einsum (r contracted inside; no R-fold copy of W)."""
+    k = len(factors)
+    letters = "abcdefghijklmnopqstuvwxyz"
+    rows, cols = letters[:k], letters[k : 2 * k]
+    spec = ",".join(f"r{rows[i]}{cols[i]}" for i in range(k)) + f"->{rows}{cols}"
+    m_total = math.prod(u.shape[1] for u in factors)
+    return torch.einsum(spec, *factors).reshape(m_total, -1)
 
 
 def _rearrange(weight: Tensor, in_shape: Sequence[int], out_shape: Sequence[int]) -> Tensor:

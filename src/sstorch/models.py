@@ -99,11 +99,15 @@ def _vgg16(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn
     * ``cifar``: the 512·w×1×1 map (32×32 input) → fc_hidden → fc_hidden → classes;
     * ``imagenet``: adaptive pool to 7×7, 512·w·7·7 → fc_hidden → fc_hidden → classes
       (fc_hidden = 4096 is torchvision's head). The separable head takes the map's modes.
+
+    Images smaller than 32×32 (28×28 MNIST-family) are zero-padded to 32×32 first (after
+    normalization, so the pad is the dataset mean).
     """
-    if min(image_shape[1:]) < 32:
-        raise ConfigError(f"vgg16 needs images of at least 32×32 (five 2× poolings); got "
-                          f"{tuple(image_shape)}. Use model.name=mlp for small images")
     layers: list[nn.Module] = []
+    h, w = image_shape[1:]
+    if min(h, w) < 32:  # e.g. 28×28 Fashion-MNIST: zero-pad to 32×32 for the five poolings
+        ph, pw = max(0, 32 - h), max(0, 32 - w)
+        layers.append(nn.ZeroPad2d((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)))
     c_in = image_shape[0]
     for v in _VGG16_CHANNELS:
         if v == "M":
