@@ -82,6 +82,18 @@ def _cmd_eval(argv: list[str]) -> int:
     return main_eval(argv)
 
 
+def _cmd_sweep(argv: list[str]) -> int:
+    from .sweep import main_sweep
+
+    return main_sweep(argv)
+
+
+def _cmd_export(argv: list[str]) -> int:
+    from .export import main_export
+
+    return main_export(argv)
+
+
 def _cmd_report(argv: list[str]) -> int:
     from .report import main_report
 
@@ -91,7 +103,9 @@ def _cmd_report(argv: list[str]) -> int:
 COMMANDS = {
     "train": (_cmd_train, "adversarial training (default: separable MLP on Fashion-MNIST)"),
     "eval": (_cmd_eval, "robustness evaluation: FGSM, PGD, CW, AutoAttack, sanity checks"),
+    "export": (_cmd_export, "ONNX export (parity-checked, optional int8) or sparse packing"),
     "report": (_cmd_report, "markdown table and plots across run directories"),
+    "sweep": (_cmd_sweep, "a whole experiment (train, evaluate, tables, plots), resumable"),
     "bench": (_cmd_bench, "layer speed benchmark: SeparableLinear vs nn.Linear vs tensorly-torch"),
     "summary": (_cmd_summary, "separate VGG-16 or a ViT and print the accounting"),
 }

@@ -587,13 +587,15 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
                  sanity_n: int = 1000, square_n: int = 200, square_queries: int = 5000,
                  fast: bool = True,
                  data_root: str | None = None,
+                 attack_kwargs: dict[str, dict[str, Any]] | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate a run end to end and write ``eval.json`` and ``eval.md``; return the JSON dict.
 
     ``eps`` defaults to the run's ``attack.eps``; the sweep to :func:`default_sweep`; the
     sanity checks use the first ``sanity_n`` evaluated examples (Square the first
     ``square_n``); the attack ensemble, sweep and certificate use all ``n`` (default: the whole
-    test split, ignoring the run's ``data.test_subset``).
+    test split, ignoring the run's ``data.test_subset``). ``attack_kwargs`` passes constructor
+    arguments per attack name, e.g. ``{"pgd": {"steps": 50, "restarts": 3}}``.
     """
     from .data import DATASET_INFO, build_datasets, canonical_name
     from .summary import summary
@@ -626,16 +628,22 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
     log(f"evaluating {ckpt} on {len(ds)} {cfg.data.name} test images, L∞ ε={eps:g}, "
         f"attacks {','.join(names)}, device {dev}")
 
-    objs = {a: _make_attack(a, eps, seed) for a in names if a != "clean"}
+    kw = attack_kwargs or {}
+    unknown = set(kw) - set(names)
+    if unknown:
+        raise ValueError(f"attack_kwargs names attacks not in the list {names}: {sorted(unknown)}")
+    objs = {a: _make_attack(a, eps, seed, **kw.get(a, {})) for a in names if a != "clean"}
     res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
                            progress=True)
     table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
                        "n_attacked": res["n"]}} if "clean" in names else {}
     table.update(res["attacks"])
     for a, obj in objs.items():  # iterations, when the attack exposes them (PGD: "PGD-50")
-        steps = getattr(getattr(obj, "attack", obj), "steps", None)
-        if isinstance(steps, int):
-            table[a]["steps"] = steps
+        inner = getattr(obj, "attack", obj)
+        for key in ("steps", "restarts"):
+            value = getattr(inner, key, None)
+            if isinstance(value, int):
+                table[a][key] = value
     t0 = time.perf_counter()
     sweep = pgd_sweep(model, loader, sweep_eps or default_sweep(eps), seed=seed, device=dev)
     sweep_secs = time.perf_counter() - t0

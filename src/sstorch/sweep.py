@@ -1,0 +1,460 @@
+"""A whole experiment as one resumable command: ``sstorch sweep DIR``.
+
+``DIR`` holds one training config per method (``<method>.yaml``, its ``name`` = the method)
+and ``sweep.yaml``, the manifest::
+
+    out_dir: runs/paper-fmnist          # run dirs: <out_dir>/<method>/seed<k>
+    csv: results/fashion_mnist.csv      # one line per (method, seed)
+    details_csv: results/fashion_mnist_details.csv
+    figures: docs/figures               # pareto plot and ε-sweep plot
+    markdown: docs/results.md           # the table between <!-- sweep:table --> markers
+    reference: dense-mlp                # compression = reference params / nnz
+    eval: {pgd_steps: 50, pgd_restarts: 2, n: null}
+    rows:
+      - {method: dense-mlp, seeds: [0, 1, 2]}
+      - {method: prune-mlp-200x, seeds: [0], init_from: dense-mlp}
+
+Jobs run seed by seed (every method's seed 0 first), each in three resumable stages:
+training (``sstorch train``, resumed from ``last.safetensors`` after an interruption), the
+evaluation (clean, PGD-``pgd_steps`` with restarts, then the standard AutoAttack on the PGD
+survivors — so ``autoattack_acc`` is the per-example worst case of both — plus the ε sweep and
+the gradient-masking sanity checks of ``sstorch eval``), and the tables and plots, which are
+rebuilt from every finished run after each job. A finished stage leaves a file
+(``summary.json``, ``sweep.json``) and is never redone. Several workers (``--workers``) share
+the queue through per-run lock files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job", "write_report"]
+
+CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
+               "autoattack_acc", "train_seconds"]
+DETAIL_COLUMNS = ["method", "seed", "kappa", "sanity_passed", "sanity_total", "eval_n",
+                  "eval_seconds", "machine", "date"]
+TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
+
+
+@dataclass
+class Row:
+    method: str
+    seeds: list[int]
+    init_from: str | None = None
+
+
+@dataclass
+class Manifest:
+    root: Path
+    out_dir: Path
+    csv: Path
+    details_csv: Path
+    figures: Path
+    markdown: Path | None
+    reference: str
+    rows: list[Row]
+    eval: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    method: str
+    seed: int
+    config: Path
+    run_dir: Path
+    init_from: Path | None = None
+
+    @property
+    def trained(self) -> bool:
+        return (self.run_dir / "summary.json").is_file()
+
+    @property
+    def evaluated(self) -> bool:
+        return (self.run_dir / "sweep.json").is_file()
+
+
+def load_manifest(directory: str | os.PathLike) -> Manifest:
+    """Read and check ``DIR/sweep.yaml`` (every row needs ``DIR/<method>.yaml``)."""
+    root = Path(directory)
+    path = root / "sweep.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; a sweep directory holds sweep.yaml and one "
+                                "<method>.yaml per row (see configs/paper-fmnist/)")
+    tree = yaml.safe_load(path.read_text()) or {}
+    known = {"out_dir", "csv", "details_csv", "figures", "markdown", "reference", "eval", "rows"}
+    if unknown := set(tree) - known:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
+    rows = []
+    for i, r in enumerate(tree.get("rows") or []):
+        if not isinstance(r, dict) or "method" not in r:
+            raise ValueError(f"{path}: rows[{i}] needs a 'method'")
+        if not (root / f"{r['method']}.yaml").is_file():
+            raise FileNotFoundError(f"{path}: rows[{i}] names {r['method']!r} but "
+                                    f"{root / (r['method'] + '.yaml')} does not exist")
+        seeds = [int(s) for s in r.get("seeds", [0])]
+        rows.append(Row(r["method"], seeds, r.get("init_from")))
+    if not rows:
+        raise ValueError(f"{path} lists no rows")
+    methods = {r.method for r in rows}
+    for r in rows:
+        if r.init_from is not None and r.init_from not in methods:
+            raise ValueError(f"{path}: {r.method} has init_from {r.init_from!r}, not a row")
+    reference = tree.get("reference", rows[0].method)
+    if reference not in methods:
+        raise ValueError(f"{path}: reference {reference!r} is not a row")
+    ev = {"pgd_steps": 50, "pgd_restarts": 1, "n": None, **(tree.get("eval") or {})}
+    return Manifest(root=root, out_dir=Path(tree.get("out_dir", "runs/sweep")),
+                    csv=Path(tree.get("csv", "results/sweep.csv")),
+                    details_csv=Path(tree.get("details_csv", "results/sweep_details.csv")),
+                    figures=Path(tree.get("figures", "results/figures")),
+                    markdown=Path(tree["markdown"]) if tree.get("markdown") else None,
+                    reference=reference, rows=rows, eval=ev)
+
+
+def jobs(m: Manifest) -> list[Job]:
+    """All (method, seed) jobs, seed-major: every method's first seed before any second."""
+    out = []
+    for seed in sorted({s for r in m.rows for s in r.seeds}):
+        for r in m.rows:
+            if seed in r.seeds:
+                run_dir = m.out_dir / r.method / f"seed{seed}"
+                dep = None if r.init_from is None else m.out_dir / r.init_from / f"seed{seed}"
+                out.append(Job(r.method, seed, m.root / f"{r.method}.yaml", run_dir, dep))
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _try_lock(run_dir: Path) -> Path | None:
+    """Create ``run_dir/.lock`` exclusively (taking over a dead worker's); None if held."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _pid_alive(pid):
+                return None
+            lock.unlink(missing_ok=True)  # stale: its worker died
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+    return None
+
+
+def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
+    """Train (or resume) and evaluate one (method, seed); each stage is skipped once done."""
+    from .config import load_config
+    from .evaluate import evaluate_run
+    from .train import train
+
+    if not job.trained:
+        overrides = [f"seed={job.seed}", f"out_dir={job.run_dir.parent}",
+                     f"name={job.run_dir.name}"]
+        if job.init_from is not None:
+            overrides.append(f"init_from={job.init_from}")
+        cfg = load_config(job.config, overrides)
+        resume = job.run_dir if (job.run_dir / "last.safetensors").is_file() else None
+        log(f"== train {job.method} seed {job.seed}{' (resumed)' if resume else ''}")
+        train(cfg, resume=resume, log=log)
+    if not job.evaluated:
+        ev = m.eval
+        log(f"== evaluate {job.method} seed {job.seed}")
+        t0 = time.perf_counter()
+        result = evaluate_run(
+            job.run_dir, attacks=["clean", "pgd", "autoattack"], n=ev.get("n"), seed=job.seed,
+            attack_kwargs={"pgd": {"steps": int(ev["pgd_steps"]),
+                                   "restarts": int(ev["pgd_restarts"])}}, log=log)
+        record = {"method": job.method, "seed": job.seed, "eval": dict(ev),
+                  "eval_seconds": time.perf_counter() - t0, "robust_acc": result["robust_acc"]}
+        tmp = job.run_dir / "sweep.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, job.run_dir / "sweep.json")
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Σ per-epoch wall time (training + per-epoch validation) from ``metrics.csv``."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return sum(float(r["epoch_seconds"]) for r in csv.DictReader(f))
+
+
+def _reference_params(m: Manifest) -> int:
+    from .config import load_config
+    from .data import DATASET_INFO, canonical_name
+    from .models import build_model
+    from .summary import summary
+
+    cfg = load_config(m.root / f"{m.reference}.yaml")
+    info = DATASET_INFO[canonical_name(cfg.data.name)]
+    return summary(build_model(cfg.model, info.num_classes, info.image_shape, info.mean,
+                               info.std)).total_params
+
+
+def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """CSV rows (``CSV_COLUMNS``) and detail rows of every evaluated job, in manifest order."""
+    ref = _reference_params(m)
+    rows, details = [], []
+    for job in jobs(m):
+        if not job.evaluated:
+            continue
+        ev = json.loads((job.run_dir / "eval.json").read_text())
+        sw = json.loads((job.run_dir / "sweep.json").read_text())
+        attacks = ev["attacks"]
+        pgd_key = "pgd"
+        rows.append({
+            "method": job.method, "params": ev["params"], "nnz": ev["nnz"],
+            "compression": round(ref / ev["nnz"], 2), "seed": job.seed,
+            "clean_acc": ev["clean_acc"], "pgd50_acc": attacks[pgd_key]["acc"],
+            "autoattack_acc": attacks["autoattack"]["acc"],
+            "train_seconds": round(_train_seconds(job.run_dir), 1),
+        })
+        sanity = ev.get("sanity", [])
+        details.append({
+            "method": job.method, "seed": job.seed, "kappa": ev.get("kappa"),
+            "sanity_passed": sum(bool(c["passed"]) for c in sanity),
+            "sanity_total": len(sanity), "eval_n": ev["n"],
+            "eval_seconds": round(sw["eval_seconds"], 1), "machine": ev.get("machine"),
+            "date": ev.get("date"), "eps_sweep": ev.get("eps_sweep"),
+        })
+    order = {r.method: i for i, r in enumerate(m.rows)}
+    key = lambda r: (order[r["method"]], r["seed"])  # noqa: E731
+    return sorted(rows, key=key), sorted(details, key=key)
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore",
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
+              ) -> list[dict[str, Any]]:
+    """One entry per method: mean and std over seeds of every metric."""
+    out: dict[str, dict[str, Any]] = {}
+    for r, d in zip(rows, details, strict=True):
+        e = out.setdefault(r["method"], {"method": r["method"], "seeds": [], "vals": {}})
+        e["seeds"].append(r["seed"])
+        for k in ("params", "nnz", "compression", "clean_acc", "pgd50_acc", "autoattack_acc",
+                  "train_seconds"):
+            e["vals"].setdefault(k, []).append(float(r[k]))
+        kappa = d.get("kappa")
+        e["vals"].setdefault("log10_kappa", []).append(
+            math.log10(kappa) if kappa and kappa > 0 and math.isfinite(kappa) else math.nan)
+        e["vals"].setdefault("sanity", []).append(f"{d['sanity_passed']}/{d['sanity_total']}")
+        e.setdefault("sweeps", []).append(d.get("eps_sweep") or [])
+    for e in out.values():
+        e["stats"] = {k: _mean_std(v) for k, v in e["vals"].items() if k != "sanity"}
+    return list(out.values())
+
+
+def _fmt_acc(ms: tuple[float, float], n: int) -> str:
+    mean, std = ms
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if n > 1 else "")
+
+
+def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
+    """The markdown results table (accuracies in %, mean ± std over seeds)."""
+    head = ("| method | seeds | params | nnz | compression | clean % | PGD-50 % | AutoAttack % "
+            "| log10 κ(FC) | sanity | train s |")
+    lines = [head, "|" + "---|" * 11]
+    for e in summary_rows:
+        s, n = e["stats"], len(e["seeds"])
+        kappa = s["log10_kappa"][0]
+        lines.append(
+            f"| {e['method']} | {n} | {s['params'][0]:,.0f} | {s['nnz'][0]:,.0f} "
+            f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
+            f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
+            f"| {'—' if math.isnan(kappa) else f'{kappa:.2f}'} | {', '.join(e['vals']['sanity'])} "
+            f"| {s['train_seconds'][0]:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import pareto_front
+
+    figures.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [(e["stats"]["nnz"][0], e["stats"]["autoattack_acc"][0]) for e in summary_rows]
+    for e, (x, y) in zip(summary_rows, pts, strict=True):
+        ax.errorbar(x, 100 * y, yerr=100 * e["stats"]["autoattack_acc"][1], fmt="o", capsize=3)
+        ax.annotate(e["method"], (x, 100 * y), textcoords="offset points", xytext=(4, 4),
+                    fontsize=7)
+    front = [pts[i] for i in pareto_front(pts)]
+    if len(front) > 1:
+        ax.plot([p[0] for p in front], [100 * p[1] for p in front], "--", color="gray",
+                label="Pareto front")
+        ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlabel("nonzero parameters (log)")
+    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.set_title("Robust accuracy vs model size (ε = attack radius of the runs)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    paths.append(figures / "pareto_autoattack.png")
+    fig.savefig(paths[-1], dpi=150)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for e in summary_rows:
+        sweeps = [s for s in e["sweeps"] if s]
+        if not sweeps:
+            continue
+        eps = [p["eps"] for p in sweeps[0]]
+        accs = [statistics.fmean(s[i]["acc"] for s in sweeps) for i in range(len(eps))]
+        ax.plot(eps, [100 * a for a in accs], marker="o", label=e["method"])
+    ax.set_xlabel("ε (L∞, pixel scale 0–1)")
+    ax.set_ylabel("PGD-20 accuracy (%)")
+    ax.set_title("Accuracy under PGD-20 across radii (mean over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(figures / "eps_sweep.png")
+    fig.savefig(paths[-1], dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
+    """Rebuild the CSVs, plots and the markdown table from every evaluated run."""
+    rows, details = collect(m)
+    _write_csv(m.csv, rows, CSV_COLUMNS)
+    _write_csv(m.details_csv, details, DETAIL_COLUMNS)
+    if not rows:
+        log(f"no evaluated runs yet; wrote the empty {m.csv}")
+        return None
+    summary_rows = summarize(rows, details)
+    table = render_table(summary_rows)
+    _plots(summary_rows, m.figures)
+    if m.markdown is not None and m.markdown.is_file():
+        text = m.markdown.read_text()
+        if TABLE_BEGIN in text and TABLE_END in text:
+            head, rest = text.split(TABLE_BEGIN, 1)
+            _, tail = rest.split(TABLE_END, 1)
+            m.markdown.write_text(f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}")
+    log(f"{len(rows)} runs → {m.csv}, {m.details_csv}, {m.figures}/")
+    return table
+
+
+def _work(m: Manifest, log: Callable[[str], None]) -> int:
+    """Run every job this worker can take; returns the number of jobs left undone."""
+    while True:
+        pending = [j for j in jobs(m) if not j.evaluated]
+        if not pending:
+            return 0
+        took = False
+        for job in pending:
+            if job.init_from is not None and not (job.init_from / "summary.json").is_file():
+                continue  # its starting point is not trained yet
+            lock = _try_lock(job.run_dir)
+            if lock is None:
+                continue
+            try:
+                if not job.evaluated:
+                    run_job(job, m, log)
+                    took = True
+            finally:
+                lock.unlink(missing_ok=True)
+            write_report(m, log)
+            break
+        if not took:
+            waiting = [j for j in jobs(m) if not j.evaluated]
+            busy = [j for j in waiting if (j.run_dir / ".lock").is_file()]
+            if not busy:
+                return len(waiting)
+            time.sleep(30)  # others hold the remaining jobs or their dependencies
+
+
+def main_sweep(argv: list[str]) -> int:
+    """``sstorch sweep DIR [--workers N] [--report-only] [--list]``."""
+    p = argparse.ArgumentParser(
+        prog="sstorch sweep",
+        description="Train and evaluate every (method, seed) of DIR/sweep.yaml, resuming "
+        "whatever a previous call left unfinished, then rebuild the CSV, plots and table.")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--workers", type=int, default=1,
+                   help="parallel worker processes sharing the queue (default: 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per worker (default: cores / workers)")
+    p.add_argument("--report-only", action="store_true",
+                   help="only rebuild the CSV, plots and table from finished runs")
+    p.add_argument("--list", action="store_true", help="print the jobs and their state")
+    args = p.parse_args(argv)
+    m = load_manifest(args.directory)
+    if args.list:
+        for j in jobs(m):
+            state = "done" if j.evaluated else "trained" if j.trained else "pending"
+            print(f"{j.method:<28} seed {j.seed}  {state:<8} {j.run_dir}")
+        return 0
+    if args.report_only:
+        table = write_report(m)
+        if table:
+            print(table)
+        return 0
+    if args.workers < 1:
+        raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    if args.workers == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+        left = _work(m, print)
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        procs = [subprocess.Popen([sys.executable, "-m", "sstorch", "sweep", args.directory,
+                                   "--threads", str(threads)], env=env)
+                 for _ in range(args.workers)]
+        codes = [proc.wait() for proc in procs]
+        if any(codes):
+            print(f"sstorch sweep: a worker failed (exit codes {codes})", file=sys.stderr)
+            return 1
+        left = len([j for j in jobs(m) if not j.evaluated])
+    table = write_report(m)
+    if table:
+        print(table)
+    if left:
+        print(f"{left} job(s) could not run (a dependency failed?); see above", file=sys.stderr)
+        return 1
+    return 0
