@@ -44,6 +44,7 @@ import datetime as _dt
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import sys
@@ -512,7 +513,7 @@ def _measure_case(case: LayerCase, methods: Sequence[str], repeats: int, warmup:
     return [rows[m] for m in methods]
 
 
-def _cpu_seconds() -> tuple[float, float] | None:
+def cpu_seconds() -> tuple[float, float] | None:
     """``(busy CPU-seconds of the whole machine since boot, CPU-seconds of this process)``.
 
     Busy time is user + nice + system + irq + softirq + steal from ``/proc/stat``; ``None``
@@ -525,6 +526,31 @@ def _cpu_seconds() -> tuple[float, float] | None:
         return None
     busy = sum(vals[:3]) + sum(vals[5:8])
     return busy / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def _section_marks(key: str) -> tuple[str, str]:
+    return f"<!-- begin:{key} -->", f"<!-- end:{key} -->"
+
+
+def markdown_sections(text: str) -> dict[str, str]:
+    """``{key: block}`` of every ``<!-- begin:key --> … <!-- end:key -->`` block in ``text``
+    (markers included): sections other generators own, kept when this one rewrites a file."""
+    out: dict[str, str] = {}
+    for m in re.finditer(r"<!-- begin:([\w.-]+) -->.*?<!-- end:\1 -->", text, re.S):
+        out[m.group(1)] = m.group(0)
+    return out
+
+
+def update_section(path: str | os.PathLike, key: str, body: str) -> None:
+    """Replace the ``key`` block of the markdown file ``path`` by ``body`` (append it when the
+    file has none; create the file when missing); the rest of the file is kept."""
+    begin, end = _section_marks(key)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = open(path).read() if os.path.exists(path) else ""
+    old = markdown_sections(text).get(key)
+    text = text.replace(old, block) if old else f"{text.rstrip()}\n\n{block}\n".lstrip()
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def machine_info() -> dict[str, str]:
@@ -594,7 +620,7 @@ def run_layer_benchmark(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     machine = machine_info()
-    cpu0, wall0 = _cpu_seconds(), time.perf_counter()
+    cpu0, wall0 = cpu_seconds(), time.perf_counter()
     rows = []
     try:
         for case in cases:
@@ -607,7 +633,7 @@ def run_layer_benchmark(
                     progress(row)
     finally:
         torch.set_num_threads(old_threads)
-    cpu1, wall = _cpu_seconds(), time.perf_counter() - wall0
+    cpu1, wall = cpu_seconds(), time.perf_counter() - wall0
     if cpu0 is not None and cpu1 is not None:
         others = ((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall
         machine["others_cores"] = f"{max(others, 0.0):.2f}"
@@ -879,7 +905,10 @@ def main_layer_bench(argv: list[str] | None = None, *, prog: str = "sstorch benc
         shown = argv if argv is not None else sys.argv[1:]
         command = " ".join([prog, *(shlex.quote(a) for a in shown)])
         os.makedirs(os.path.dirname(os.path.abspath(args.out_md)), exist_ok=True)
+        kept = (markdown_sections(open(args.out_md).read()) if os.path.exists(args.out_md)
+                else {})  # e.g. the deploy benchmark's section (benchmarks/deploy.py)
         with open(args.out_md, "w") as f:
             f.write(render_markdown(result, command))
+            f.writelines(f"\n{block}\n" for block in kept.values())
         print(f"wrote {args.out_md}")
     return 0
