@@ -190,6 +190,7 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             yield
     finally:
         logging.disable(old)
