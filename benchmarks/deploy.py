@@ -12,12 +12,15 @@ are timed round-robin — ``--rounds`` rounds, each a block of calls of every mo
 ``--warmup`` untimed calls — so a change in machine load hits every model alike. Input: real
 test images (random [0, 1] images when Fashion-MNIST is absent).
 
+``--quantize`` adds each model's dynamic-int8 ONNX (onnxruntime's quantizer) to the timing,
+with its clean and PGD accuracy next to fp32 for models with trained weights.
+
 Size and latency do not depend on trained values, so models are built untrained unless a run
 is given (``--run sep-mlp-200x=runs/paper-fmnist/sep-mlp-200x/seed0``: its trained, possibly
 pruned weights, which also make the sparse-pack column meaningful). The output says which.
 
     python benchmarks/deploy.py [--models dense-mlp,sep-mlp-200x,vgg16-dense,vgg16-sep]
-        [--run NAME=RUN_DIR ...] [--threads 1] [--out-md docs/benchmarks.md]
+        [--run NAME=RUN_DIR ...] [--threads 1] [--quantize] [--out-md docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Measured:
     export: ExportReport
     b1: list[float]  # seconds per batch-1 call
     b64: list[float]  # seconds per batch-64 call
+    int8: Measured | None = None  # the dynamic-int8 model (its export field is the same)
 
     @property
     def b1_median_ms(self) -> float:
@@ -149,6 +153,25 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
             f"| `{r.name}` | {e.params:,} | {e.compression:.1f}× | {_kb(e.bytes)} "
             f"| {_kb(e.packed.file_bytes)} | {r.b1_median_ms:.3f} ms ({r.b1_p95_ms:.3f}) "
             f"| {r.b64_images_per_s:,.0f} img/s | {e.max_abs_diff:.1e} |")
+    if any(r.int8 for r in results):
+        lines += ["", "Dynamic int8 (onnxruntime `quantize_dynamic`, int8 weights of MatMul/Gemm "
+                  "with a constant weight, activations quantized at run time). Accuracy on the "
+                  "first images of the test set for trained weights only; PGD is crafted on the "
+                  "fp32 PyTorch model and the same images are fed to both (int8: transfer):", "",
+                  "| model | int8 file | batch-1 median (p95) | batch-64 throughput "
+                  "| clean fp32 → int8 | PGD fp32 → int8 |", "|---|---|---|---|---|---|"]
+        for r in results:
+            if r.int8 is None:
+                continue
+            q = r.export.int8
+            acc = ("untrained", "untrained") if r.weights == "untrained" else (
+                f"{q.clean_acc_fp32:.1%} → {q.clean_acc_int8:.1%} (n = {q.n})",
+                f"{q.pgd_acc_fp32:.1%} → {q.pgd_acc_int8:.1%} (PGD-{q.pgd_steps}, "
+                f"ε = {q.eps:g})")
+            lines.append(
+                f"| `{r.name}` | {_kb(q.bytes)} ({q.bytes / r.export.bytes:.2f}× fp32) "
+                f"| {r.int8.b1_median_ms:.3f} ms ({r.int8.b1_p95_ms:.3f}) "
+                f"| {r.int8.b64_images_per_s:,.0f} img/s | {acc[0]} | {acc[1]} |")
     ratio_lines, bars = [], []
     for dense, sep in PAIRS:
         if dense in by and sep in by:
@@ -188,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", action="append", default=[], metavar="NAME=RUN_DIR",
                    help="use a trained run's weights for model NAME (repeatable)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--quantize", action="store_true",
+                   help="also time the dynamic-int8 models and report their accuracy")
+    p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--b1-per-round", type=int, default=100)
     p.add_argument("--b64-per-round", type=int, default=10)
     p.add_argument("--warmup", type=int, default=20)
@@ -218,12 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             model, weights = build(name, runs.get(name))
             report = export_onnx(model, Path(tmp) / f"{name}.onnx", images=images,
-                                 labels=labels, n_parity=args.n_parity, pack=True)
+                                 labels=labels, n_parity=args.n_parity, pack=True,
+                                 quantize=args.quantize and labels is not None)
             results[name] = (report, weights)
             print(f"{name}: {report.bytes:,} bytes, parity {report.max_abs_diff:.1e}",
                   file=sys.stderr)
         sessions = {n: onnx_session(r.path, threads=args.threads) for n, (r, _) in
                     results.items()}
+        sessions.update({f"{n} int8": onnx_session(r.int8.path, threads=args.threads)
+                         for n, (r, _) in results.items() if r.int8 is not None})
         b1 = time_sessions(sessions, images[:1].numpy(), args.rounds, args.b1_per_round,
                            args.warmup)
         b64 = time_sessions(sessions, images[:64].numpy(), args.rounds, args.b64_per_round,
@@ -232,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
     others = None
     if cpu0 is not None and cpu1 is not None:
         others = max(((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall, 0.0)
-    measured = [Measured(n, w, r, b1[n], b64[n]) for n, (r, w) in results.items()]
+    measured = []
+    for n, (r, w) in results.items():
+        m = Measured(n, w, r, b1[n], b64[n])
+        if r.int8 is not None:
+            m.int8 = Measured(n, w, r, b1[f"{n} int8"], b64[f"{n} int8"])
+        measured.append(m)
     command = " ".join(["python benchmarks/deploy.py",
                         *(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))])
     text = render(measured, machine, args, command, wall, others, source)
