@@ -31,7 +31,6 @@ import csv
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job
 
 CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
                "autoattack_acc", "train_seconds"]
-DETAIL_COLUMNS = ["method", "seed", "kappa", "sanity_passed", "sanity_total", "eval_n",
+DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
                   "eval_seconds", "machine", "date"]
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 
@@ -194,10 +193,52 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
             attack_kwargs={"pgd": {"steps": int(ev["pgd_steps"]),
                                    "restarts": int(ev["pgd_restarts"])}}, log=log)
         record = {"method": job.method, "seed": job.seed, "eval": dict(ev),
-                  "eval_seconds": time.perf_counter() - t0, "robust_acc": result["robust_acc"]}
+                  "eval_seconds": time.perf_counter() - t0, "robust_acc": result["robust_acc"],
+                  "log10_kappa_fc": log10_kappa_fc(job.run_dir)}
         tmp = job.run_dir / "sweep.json.tmp"
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, job.run_dir / "sweep.json")
+
+
+def fc_matrices(model: Any) -> list[tuple[str, Any]]:
+    """``(name, W)`` of every fully-connected layer as the dense matrix it applies.
+
+    Separable layers give ``Σ_r ⊗_k U_k[r]`` (their ``to_dense``), ``nn.Linear`` its weight,
+    and any other layer exposing ``dense_weight()`` (the baselines) that matrix.
+    """
+    from torch import nn
+
+    from .separable import SeparableLinear
+
+    out = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, SeparableLinear):
+            out.append((name, mod.to_dense()))
+        elif isinstance(mod, nn.Linear):
+            out.append((name, mod.weight))
+        elif callable(getattr(mod, "dense_weight", None)):
+            out.append((name, mod.dense_weight()))
+    return out
+
+
+def log10_kappa_fc(run_dir: Path) -> float:
+    """``log10 Π_layers κ(W_l)``, κ = σ_max/σ_min over the min(m, n) singular values.
+
+    ``inf`` when some W is rank-deficient (e.g. a rank-r factorization with r < min(m, n)).
+    """
+    import torch
+
+    from .evaluate import load_run
+
+    _, model, _, _ = load_run(run_dir)
+    total = 0.0
+    with torch.no_grad():
+        for _, w in fc_matrices(model):
+            sv = torch.linalg.svdvals(w.detach().double())
+            if sv[-1] <= sv[0] * torch.finfo(torch.float32).eps:
+                return math.inf
+            total += math.log10(float(sv[0] / sv[-1]))
+    return total
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -234,11 +275,11 @@ def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             "compression": round(ref / ev["nnz"], 2), "seed": job.seed,
             "clean_acc": ev["clean_acc"], "pgd50_acc": attacks[pgd_key]["acc"],
             "autoattack_acc": attacks["autoattack"]["acc"],
-            "train_seconds": round(_train_seconds(job.run_dir), 1),
+            "train_seconds": round(_train_seconds(job.run_dir), 3),
         })
         sanity = ev.get("sanity", [])
         details.append({
-            "method": job.method, "seed": job.seed, "kappa": ev.get("kappa"),
+            "method": job.method, "seed": job.seed, "log10_kappa_fc": sw.get("log10_kappa_fc"),
             "sanity_passed": sum(bool(c["passed"]) for c in sanity),
             "sanity_total": len(sanity), "eval_n": ev["n"],
             "eval_seconds": round(sw["eval_seconds"], 1), "machine": ev.get("machine"),
@@ -260,8 +301,17 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str
     os.replace(tmp, path)
 
 
+def _fmean(values: Any) -> float:
+    v = list(values)
+    return math.fsum(v) / len(v)
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    """Mean and sample standard deviation (0 for one value; NaN propagates)."""
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
@@ -274,9 +324,8 @@ def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
         for k in ("params", "nnz", "compression", "clean_acc", "pgd50_acc", "autoattack_acc",
                   "train_seconds"):
             e["vals"].setdefault(k, []).append(float(r[k]))
-        kappa = d.get("kappa")
-        e["vals"].setdefault("log10_kappa", []).append(
-            math.log10(kappa) if kappa and kappa > 0 and math.isfinite(kappa) else math.nan)
+        lk = d.get("log10_kappa_fc")
+        e["vals"].setdefault("log10_kappa", []).append(math.nan if lk is None else float(lk))
         e["vals"].setdefault("sanity", []).append(f"{d['sanity_passed']}/{d['sanity_total']}")
         e.setdefault("sweeps", []).append(d.get("eps_sweep") or [])
     for e in out.values():
@@ -297,11 +346,12 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
     for e in summary_rows:
         s, n = e["stats"], len(e["seeds"])
         kappa = s["log10_kappa"][0]
+        kappa_text = "—" if math.isnan(kappa) else "inf" if math.isinf(kappa) else f"{kappa:.1f}"
         lines.append(
             f"| {e['method']} | {n} | {s['params'][0]:,.0f} | {s['nnz'][0]:,.0f} "
             f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
             f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
-            f"| {'—' if math.isnan(kappa) else f'{kappa:.2f}'} | {', '.join(e['vals']['sanity'])} "
+            f"| {kappa_text} | {', '.join(e['vals']['sanity'])} "
             f"| {s['train_seconds'][0]:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -343,7 +393,7 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
         if not sweeps:
             continue
         eps = [p["eps"] for p in sweeps[0]]
-        accs = [statistics.fmean(s[i]["acc"] for s in sweeps) for i in range(len(eps))]
+        accs = [_fmean(s[i]["acc"] for s in sweeps) for i in range(len(eps))]
         ax.plot(eps, [100 * a for a in accs], marker="o", label=e["method"])
     ax.set_xlabel("ε (L∞, pixel scale 0–1)")
     ax.set_ylabel("PGD-20 accuracy (%)")

@@ -1,0 +1,144 @@
+"""``sstorch sweep``: manifest checks, job order, resumable stages, CSV/table/plots, locks.
+
+The end-to-end sweep trains two tiny digits MLPs (one of them on two seeds) for one epoch and
+evaluates them on 40 test images with a 2-step PGD and the standard AutoAttack.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sstorch.cli import main
+from sstorch.sweep import CSV_COLUMNS, _try_lock, jobs, load_manifest
+
+RECIPE = {
+    "epochs": 1, "device": "cpu",
+    "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
+    "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+    "optim": {"name": "adamw", "lr": 0.01, "schedule": "none"},
+    "eval": {"pgd_steps": 2},
+}
+
+
+def _write_sweep(root: Path, rows: list[dict], **manifest: object) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    models = {
+        "dense": {"name": "mlp", "separable": False, "hidden": [[4, 4]]},
+        "sep": {"name": "mlp", "separable": True, "hidden": [[4, 4]]},
+    }
+    constraints = {"lambda_sparsity": 0.0, "lambda_cond": 0.0}
+    for method, model in models.items():
+        cfg = {"name": method, **RECIPE, "model": model, "constraints": constraints}
+        (root / f"{method}.yaml").write_text(yaml.safe_dump(cfg))
+    tree = {
+        "out_dir": str(root / "runs"), "csv": str(root / "out" / "r.csv"),
+        "details_csv": str(root / "out" / "d.csv"), "figures": str(root / "fig"),
+        "markdown": str(root / "results.md"), "reference": "dense",
+        "eval": {"pgd_steps": 2, "pgd_restarts": 1, "n": 40}, "rows": rows, **manifest,
+    }
+    (root / "sweep.yaml").write_text(yaml.safe_dump(tree))
+    return root
+
+
+ROWS = [{"method": "dense", "seeds": [0, 1]}, {"method": "sep", "seeds": [0]}]
+
+
+def test_jobs_are_seed_major(tmp_path):
+    m = load_manifest(_write_sweep(tmp_path, ROWS))
+    assert [(j.method, j.seed) for j in jobs(m)] == [("dense", 0), ("sep", 0), ("dense", 1)]
+    assert jobs(m)[2].run_dir == tmp_path / "runs" / "dense" / "seed1"
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "match"),
+    [
+        ([{"method": "nope"}], {}, "nope.yaml does not exist"),
+        ([{"seeds": [0]}], {}, r"rows\[0\] needs a 'method'"),
+        ([{"method": "sep", "init_from": "dense"}], {}, "init_from 'dense', not a row"),
+        (ROWS, {"reference": "other"}, "reference 'other' is not a row"),
+        (ROWS, {"colour": 1}, "unknown keys"),
+        ([], {}, "lists no rows"),
+    ],
+)
+def test_bad_manifests(tmp_path, rows, extra, match):
+    root = _write_sweep(tmp_path, rows, **extra)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        load_manifest(root)
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"sweep\.yaml not found"):
+        load_manifest(tmp_path)
+
+
+def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    lock = _try_lock(tmp_path / "a")
+    assert lock is not None and lock.read_text() == str(os.getpid())
+    assert _try_lock(tmp_path / "a") is None  # held by a live process (this one)
+    lock.write_text("999999999")  # a worker that died
+    assert _try_lock(tmp_path / "a") is not None
+
+
+def test_sweep_end_to_end_and_resume(tmp_path, capsys):
+    root = _write_sweep(tmp_path / "s", ROWS)
+    (root / "results.md").write_text("intro\n<!-- sweep:table -->\nold\n<!-- /sweep:table -->\n"
+                                     "discussion\n")
+    assert main(["sweep", str(root), "--threads", "1"]) == 0
+
+    with open(root / "out" / "r.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    assert [(r["method"], r["seed"]) for r in rows] == [("dense", "0"), ("dense", "1"),
+                                                         ("sep", "0")]
+    dense_params = int(rows[0]["params"])
+    for r in rows:
+        for k in ("clean_acc", "pgd50_acc", "autoattack_acc"):
+            assert 0.0 <= float(r[k]) <= 1.0
+        assert float(r["autoattack_acc"]) <= float(r["pgd50_acc"]) <= float(r["clean_acc"])
+        assert math.isclose(float(r["compression"]), dense_params / int(r["nnz"]),
+                            rel_tol=1e-3)
+        assert float(r["train_seconds"]) > 0
+        ev = json.loads((root / "runs" / r["method"] / f"seed{r['seed']}" / "eval.json")
+                        .read_text())
+        assert ev["n"] == 40 and ev["attacks"]["pgd"]["steps"] == 2
+        assert float(r["clean_acc"]) == ev["clean_acc"]
+    assert int(rows[2]["params"]) < dense_params  # the separable model is smaller
+    text = (root / "results.md").read_text()
+    assert text.startswith("intro\n<!-- sweep:table -->\n| method |") and "old" not in text
+    assert text.endswith("<!-- /sweep:table -->\ndiscussion\n")
+    assert "| dense | 2 |" in text and "| sep | 1 |" in text
+    with open(root / "out" / "d.csv", newline="") as f:
+        details = list(csv.DictReader(f))
+    for d in details:  # κ of every FC matrix, product over layers (finite for these MLPs)
+        assert math.isfinite(float(d["log10_kappa_fc"])) and float(d["log10_kappa_fc"]) > 0
+        assert d["sanity_passed"] == d["sanity_total"] == "6"
+    assert (root / "fig" / "pareto_autoattack.png").stat().st_size > 1000
+    assert (root / "fig" / "eps_sweep.png").stat().st_size > 1000
+
+    # A second call finds everything done: nothing is retrained or re-evaluated.
+    done = root / "runs" / "dense" / "seed0"
+    stamps = {p: p.stat().st_mtime_ns for p in (done / "summary.json", done / "eval.json")}
+    capsys.readouterr()
+    assert main(["sweep", str(root), "--threads", "1"]) == 0
+    assert "== train" not in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+
+    # An interrupted job resumes at its unfinished stage: evaluation only, then training.
+    (done / "sweep.json").unlink()
+    assert main(["sweep", str(root), "--list"]) == 0
+    assert "trained" in capsys.readouterr().out
+    assert main(["sweep", str(root), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "== evaluate dense seed 0" in out and "== train" not in out
+    (done / "summary.json").unlink()
+    (done / "sweep.json").unlink()
+    assert main(["sweep", str(root), "--threads", "1"]) == 0
+    assert "== train dense seed 0 (resumed)" in capsys.readouterr().out
