@@ -72,6 +72,7 @@ def test_separable_mlp_parity_on_1000_real_images(tmp_path):
                          for t in [*m.factors, m.bias])
     assert max(sizes.values()) <= largest_factor == report.largest_factor_elements
     assert report.max_initializer_elements == max(sizes.values())
+    assert report.max_static_elements <= largest_factor  # nothing built from the factors either
     assert report.dense_kronecker_elements == 1024 * 1024 > 100 * largest_factor
     assert report.compression > 200
     assert 0 <= report.clean_acc <= 1
@@ -178,6 +179,7 @@ def test_quantized_model_is_smaller_and_measured(images, tmp_path):
     assert saved["int8"]["clean_acc_int8"] == q.clean_acc_int8
     with pytest.raises(ExportError, match="needs labels"):
         export_onnx(model, tmp_path / "n.onnx", images=images, quantize=True)
+    assert not (tmp_path / "n.onnx").exists()
 
 
 def test_pack_agrees_with_summary(tiny, images, tmp_path):

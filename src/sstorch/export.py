@@ -101,8 +101,10 @@ class ExportReport:
     clean_acc: float | None  # onnxruntime fp32 on the parity images (when labelled)
     n_initializers: int
     initializer_elements: int
-    max_initializer_elements: int  # over initializers, Constants and static intermediates
+    max_initializer_elements: int
     max_initializer_name: str
+    max_static_elements: int  # initializers, Constants and batch-free intermediates
+    max_static_name: str
     largest_model_tensor: int  # the model's largest parameter/buffer: the bound on initializers
     largest_factor_elements: int  # largest separable factor or bias (0 without separable layers)
     dense_kronecker_elements: int  # largest Π m_k n_k: what a materialized W would hold
@@ -124,8 +126,9 @@ class ExportReport:
             f"{self.parity_source} (tolerance {self.tolerance:g})"
             + (f"; onnxruntime accuracy {self.clean_acc:.2%}" if self.clean_acc is not None
                else ""),
-            f"structure: largest static tensor {self.max_initializer_elements:,} elements "
-            f"({self.max_initializer_name})" + (
+            f"structure: largest initializer {self.max_initializer_elements:,} elements "
+            f"({self.max_initializer_name}), largest static tensor "
+            f"{self.max_static_elements:,}" + (
                 f"; largest factor/bias {self.largest_factor_elements:,}; a materialized "
                 f"Kronecker W would be {self.dense_kronecker_elements:,}"
                 if self.dense_kronecker_elements else "; no separable layers"),
@@ -227,8 +230,8 @@ def _accuracy(logits: np.ndarray, labels: Tensor) -> float:
     return float((logits.argmax(1) == labels.numpy()).mean())
 
 
-def dataset_images(dataset: str, n: int, root: str | os.PathLike | None = None
-                ) -> tuple[Tensor, Tensor]:
+def dataset_images(dataset: str, n: int, root: str | os.PathLike | None = None,
+                   ) -> tuple[Tensor, Tensor]:
     """The first ``n`` test images ``(n, C, H, W)`` in [0, 1] and labels of ``dataset``."""
     from .data import eval_transform, get_dataset
 
@@ -237,26 +240,26 @@ def dataset_images(dataset: str, n: int, root: str | os.PathLike | None = None
     return torch.stack([x for x, _ in pairs]), torch.tensor([int(y) for _, y in pairs])
 
 
-def _graph_tensors(model_proto: Any) -> list[tuple[str, int]]:
-    """``(name, elements)`` of every tensor of the graph whose shape is fully static.
+def _graph_tensors(model_proto: Any) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """``(initializers, static tensors)`` of the graph as ``(name, elements)`` lists.
 
-    Initializers, Constant nodes, and values whose inferred shape has no dynamic dimension:
-    activations carry the dynamic batch axis, so a static tensor is a weight or something
-    computed from weights only — a Kronecker product built at run time included.
+    Static tensors: initializers, Constant nodes, and values whose inferred shape has no
+    dynamic dimension. Activations carry the dynamic batch axis, so a static tensor is a weight
+    or something computed from weights alone — a Kronecker product built at run time included.
     """
     import onnx
 
-    out = [(t.name, math.prod(t.dims)) for t in model_proto.graph.initializer]
+    inits = [(t.name, math.prod(t.dims)) for t in model_proto.graph.initializer]
+    static = list(inits)
     for node in model_proto.graph.node:
         if node.op_type == "Constant":
-            out += [(node.output[0], math.prod(a.t.dims)) for a in node.attribute
-                    if a.name == "value"]
-    inferred = onnx.shape_inference.infer_shapes(model_proto).graph.value_info
-    for v in inferred:
+            static += [(node.output[0], math.prod(a.t.dims)) for a in node.attribute
+                       if a.name == "value"]
+    for v in onnx.shape_inference.infer_shapes(model_proto).graph.value_info:
         dims = v.type.tensor_type.shape.dim
         if v.type.tensor_type.HasField("shape") and all(d.HasField("dim_value") for d in dims):
-            out.append((v.name, math.prod(d.dim_value for d in dims)))
-    return out
+            static.append((v.name, math.prod(d.dim_value for d in dims)))
+    return inits, static
 
 
 def _structure(model: nn.Module) -> tuple[int, int, int]:
@@ -336,6 +339,8 @@ def export_onnx(
         out = _check_out(out)
     if n_parity < 1:
         raise ExportError(f"n_parity must be at least 1, got {n_parity}")
+    if quantize and images is not None and labels is None:
+        raise ExportError("quantize=True needs labels for the accuracy check")
     onnx, _ = _require_onnx()
     model, run = _load_target(target, dataset, data_root)
     out = _check_out(out if out is not None else run["out"])
@@ -358,8 +363,9 @@ def export_onnx(
                 input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
             )
-        graph = _graph_tensors(onnx.load(str(tmp)))
-        big_name, big = max(graph, key=lambda t: t[1], default=("-", 0))
+        inits, static = _graph_tensors(onnx.load(str(tmp)))
+        init_name, init_big = max(inits, key=lambda t: t[1], default=("-", 0))
+        big_name, big = max(static, key=lambda t: t[1], default=("-", 0))
         if dense and big > largest:  # the guarantee is about separable layers
             raise ExportError(
                 f"the exported graph holds {big_name!r} with {big:,} elements, more than any "
@@ -378,8 +384,9 @@ def export_onnx(
         path=str(out), format="onnx", opset=opset, bytes=out.stat().st_size,
         n_parity=len(images), parity_source=source, max_abs_diff=diff, tolerance=tolerance,
         clean_acc=_accuracy(logits, labels) if labels is not None else None,
-        n_initializers=len(graph), initializer_elements=sum(e for _, e in graph),
-        max_initializer_elements=big, max_initializer_name=big_name,
+        n_initializers=len(inits), initializer_elements=sum(e for _, e in inits),
+        max_initializer_elements=init_big, max_initializer_name=init_name,
+        max_static_elements=big, max_static_name=big_name,
         largest_model_tensor=largest, largest_factor_elements=factor,
         dense_kronecker_elements=dense, params=s.total_params, compression=s.compression,
         bytes_dense_fp32=s.bytes_dense_fp32, bytes_sparse=s.bytes_sparse,
@@ -387,8 +394,6 @@ def export_onnx(
     if pack:
         report.packed = pack_sparse(model, _sibling(out, ".sparse.safetensors"))
     if quantize:
-        if labels is None:
-            raise ExportError("quantize=True needs labels for the accuracy check")
         report.int8 = _quantize(model, out, images, labels,
                                 _first(eps, run["eps"], 0.1), _first(pgd_steps, run["steps"], 20))
     _write_json(_sibling(out, ".export.json"), report.as_dict())

@@ -142,20 +142,20 @@ def pack_sparse(model: nn.Module, path: str | os.PathLike) -> PackReport:
         raise FileNotFoundError(f"output directory {path.parent} does not exist; create it "
                                 "first")
     tensors, encoding, param_bytes, buffer_bytes = packed_state(model)
-    _, masked = _named_parameters(model)
-    shapes = {**{k: list(t.shape) for k, t in _named_parameters(model)[0].items()},
-              **{k: list(b.shape) for k, b in model.named_buffers() if encoding.get(k)}}
+    params, masked = _named_parameters(model)
+    shapes = {**{k: list(t.shape) for k, t in params.items()},
+              **{k: list(b.shape) for k, b in model.named_buffers() if k in encoding}}
     meta = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, "encoding": encoding,
                                    "shapes": shapes, "masked": masked})}
     with temp_beside(path) as tmp:
         tmp.write_bytes(save(tensors, metadata=meta))
         os.replace(tmp, path)
     file_bytes = path.stat().st_size
-    dense = sum(4 * t.numel() for t in _named_parameters(model)[0].values())
-    n_bitmask = sum(e == "bitmask" for e in encoding.values())
+    kinds = list(encoding.values())
     return PackReport(str(path), file_bytes, param_bytes, buffer_bytes,
-                      file_bytes - param_bytes - buffer_bytes, dense, n_bitmask,
-                      sum(e == "dense" for e in encoding.values()))
+                      file_bytes - param_bytes - buffer_bytes,
+                      sum(4 * t.numel() for t in params.values()), kinds.count("bitmask"),
+                      kinds.count("dense"))
 
 
 def unpack_sparse(path: str | os.PathLike, model: nn.Module) -> nn.Module:
