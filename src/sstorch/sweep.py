@@ -268,6 +268,11 @@ def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
+        if "log10_kappa_fc" not in sw:  # written by an older sstorch: add it once
+            sw["log10_kappa_fc"] = log10_kappa_fc(job.run_dir)
+            tmp = job.run_dir / "sweep.json.tmp"
+            tmp.write_text(json.dumps(sw, indent=2) + "\n")
+            os.replace(tmp, job.run_dir / "sweep.json")
         attacks = ev["attacks"]
         pgd_key = "pgd"
         rows.append({
