@@ -172,6 +172,12 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
                 f"| `{r.name}` | {_kb(q.bytes)} ({q.bytes / r.export.bytes:.2f}× fp32) "
                 f"| {r.int8.b1_median_ms:.3f} ms ({r.int8.b1_p95_ms:.3f}) "
                 f"| {r.int8.b64_images_per_s:,.0f} img/s | {acc[0]} | {acc[1]} |")
+        lines += ["", "The quantizer converts MatMuls that read a constant weight. In a separable "
+                  "layer that is the last mode's factor (`Y @ U_Kᵀ`); the other factors reach "
+                  "their batched MatMul (`U_k @ Y`, the mode products' `left` strategy) "
+                  "through an Expand over the batch and stay fp32, as do the biases — so int8 "
+                  "saves little on the separable models, whose weights are already small, and "
+                  "its quantize/dequantize nodes cost time at batch 64."]
     ratio_lines, bars = [], []
     for dense, sep in PAIRS:
         if dense in by and sep in by:
