@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime
 import torch
 
-from sstorch.bench import cpu_seconds, machine_info, update_section
+from sstorch.bench import BUSY_OTHERS, cpu_seconds, machine_info, update_section
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, DatasetNotFoundError
 from sstorch.evaluate import load_run
@@ -139,6 +139,10 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
                              f"`{r.name}` (`{r.weights}`)" for r in results
                              if r.weights != "untrained")
                          + "; untrained for the others (size and latency do not depend on them)"),
+        *([f"- **the machine was busy**: other processes used more than {BUSY_OTHERS} cores "
+           "during the run, so absolute times are inflated and noisy; the ratios are less "
+           "affected because the models are timed round-robin"]
+          if others is not None and others > BUSY_OTHERS else []),
         "- ONNX: opset 17, whole classifier (normalization inside, [0, 1] images in), dynamic "
         "batch, separable layers as mode products; parity with PyTorch "
         f"(max |ORT − PyTorch| below) on {results[0].export.n_parity} {parity_source}",
@@ -158,8 +162,9 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
                   "with a constant weight, activations quantized at run time). Accuracy on the "
                   "first images of the test set for trained weights only; PGD is crafted on the "
                   "fp32 PyTorch model and the same images are fed to both (int8: transfer):", "",
-                  "| model | int8 file | batch-1 median (p95) | batch-64 throughput "
-                  "| clean fp32 → int8 | PGD fp32 → int8 |", "|---|---|---|---|---|---|"]
+                  "| model | int8 file | batch-1 median (p95) | int8 / fp32 batch-1 "
+                  "| batch-64 throughput | clean fp32 → int8 | PGD fp32 → int8 |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results:
             if r.int8 is None:
                 continue
@@ -171,13 +176,14 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
             lines.append(
                 f"| `{r.name}` | {_kb(q.bytes)} ({q.bytes / r.export.bytes:.2f}× fp32) "
                 f"| {r.int8.b1_median_ms:.3f} ms ({r.int8.b1_p95_ms:.3f}) "
+                f"| {r.int8.b1_median_ms / r.b1_median_ms:.2f}× "
                 f"| {r.int8.b64_images_per_s:,.0f} img/s | {acc[0]} | {acc[1]} |")
         lines += ["", "The quantizer converts MatMuls that read a constant weight. In a separable "
                   "layer that is the last mode's factor (`Y @ U_Kᵀ`); the other factors reach "
                   "their batched MatMul (`U_k @ Y`, the mode products' `left` strategy) "
                   "through an Expand over the batch and stay fp32, as do the biases — so int8 "
-                  "saves little on the separable models, whose weights are already small, and "
-                  "its quantize/dequantize nodes cost time at batch 64."]
+                  "saves little on the separable MLP, whose weights are already small. "
+                  "Convolutions become `ConvInteger`."]
     ratio_lines, bars = [], []
     for dense, sep in PAIRS:
         if dense in by and sep in by:
