@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -35,28 +35,37 @@ def _as_shape(shape: int | Sequence[int], what: str) -> tuple[int, ...]:
     return shape
 
 
-# Pruned layers (those with mask_k buffers). Momentum, Adam moments and decoupled weight decay
-# move masked entries even though their gradient is 0, so one global optimizer post-step hook
-# puts the zeros back after every step of every optimizer.
-_MASKED: weakref.WeakSet[SeparableLinear] = weakref.WeakSet()
+# Pruned layers (SeparableLinear with mask_k buffers, pruned nn.Linear with a weight_mask, see
+# sstorch.baselines). Momentum, Adam moments and decoupled weight decay move masked entries even
+# though their gradient is 0, so one global optimizer post-step hook puts the zeros back after
+# every step of every optimizer. Each tracked module maps to the function that re-zeroes it.
+_MASKED: weakref.WeakKeyDictionary[nn.Module, Callable[[nn.Module], None]] = (
+    weakref.WeakKeyDictionary())
 _MASK_HOOK = None
 
 
 def _rezero_masked_layers(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    for layer in list(_MASKED):
-        layer.apply_masks_()
+    for layer, rezero in list(_MASKED.items()):
+        rezero(layer)
 
 
-def track_masked(layer: SeparableLinear) -> None:
-    """Keep ``layer``'s masked entries exactly 0 after every optimizer step (see above)."""
+def _apply_masks(layer: nn.Module) -> None:
+    layer.apply_masks_()
+
+
+def track_masked(layer: nn.Module, rezero: Callable[[nn.Module], None] = _apply_masks) -> None:
+    """Keep ``layer``'s masked entries exactly 0 after every optimizer step (see above).
+
+    ``rezero(layer)`` puts the zeros back; the default calls ``layer.apply_masks_()``.
+    """
     global _MASK_HOOK
-    _MASKED.add(layer)
+    _MASKED[layer] = rezero
     if _MASK_HOOK is None:
         _MASK_HOOK = register_optimizer_step_post_hook(_rezero_masked_layers)
 
 
-def untrack_masked(layer: SeparableLinear) -> None:
-    _MASKED.discard(layer)
+def untrack_masked(layer: nn.Module) -> None:
+    _MASKED.pop(layer, None)
 
 
 class SeparableLinear(nn.Module):
