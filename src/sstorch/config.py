@@ -77,10 +77,29 @@ class ModelConfig:
     separable_groups: list = field(default_factory=lambda: ["mlp"])  # mlp, attn, patch, head
     separate_head: bool = False  # mlp / vgg16: also factorize the classifier layer
     dropout: float = 0.0
+    # Comparison layers for a dense mlp (sstorch.baselines): none, lowrank (W = AB), tucker or
+    # tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt: an int rank ≥ 1 or
+    # a fraction < 1 of each layer's dense parameters.
+    baseline: str = "none"
+    baseline_rank: float = 1
 
     def validate(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"model.rank must be ≥ 1, got {self.rank}")
+        _choice(self.baseline, ("none", "lowrank", "tucker", "tt"), "model.baseline")
+        if self.baseline != "none":
+            if self.name != "mlp":
+                raise ConfigError(f"model.baseline={self.baseline!r} is implemented for the mlp "
+                                  f"only, got model.name={self.name!r}")
+            if self.separable:
+                raise ConfigError(f"model.baseline={self.baseline!r} replaces the dense layers: "
+                                  "set model.separable=false")
+            r = self.baseline_rank
+            if self.baseline == "lowrank" and not (r >= 1 and r == int(r)):
+                raise ConfigError(f"model.baseline_rank must be an int ≥ 1 for lowrank, got {r}")
+            if not (0 < r < 1 or (r >= 1 and r == int(r))):
+                raise ConfigError(f"model.baseline_rank must be an int ≥ 1 or a fraction in "
+                                  f"(0, 1), got {r}")
         if self.compression is not None and self.compression < 1:
             raise ConfigError(f"model.compression must be ≥ 1, got {self.compression}")
         if self.width <= 0:
@@ -150,15 +169,30 @@ class ConstraintConfig:
 
 @dataclass
 class PruneConfig:
-    """Magnitude pruning of factor entries, ramped from ``start_epoch`` to ``end_epoch``."""
+    """Magnitude pruning, ramped from ``start_epoch`` to ``end_epoch``.
 
-    target: float = 0.0  # final fraction of zeros per factor; 0 disables pruning
+    Separable models prune factor entries (``target`` per factor, a linear ramp); dense models
+    prune ``nn.Linear`` weights (sstorch.baselines: a geometric ramp of the weights kept).
+    """
+
+    target: float = 0.0  # final fraction of zeros (per factor / of the Linear weights); 0 = off
+    keep: int | None = None  # dense only: Linear weights kept at the end (overrides target)
+    method: str = "magnitude"  # dense: global |w| (magnitude); hydra is reserved
     start_epoch: int = 1
     end_epoch: int = 1  # target reached at the end of this epoch; later epochs fine-tune
+
+    @property
+    def enabled(self) -> bool:
+        return self.target > 0 or self.keep is not None
 
     def validate(self) -> None:
         if not 0 <= self.target < 1:
             raise ConfigError(f"prune.target must be in [0, 1), got {self.target}")
+        if self.keep is not None and self.keep < 1:
+            raise ConfigError(f"prune.keep must be ≥ 1 or null, got {self.keep}")
+        _choice(self.method, ("magnitude", "hydra"), "prune.method")
+        if self.method == "hydra":
+            raise ConfigError("prune.method=hydra is not implemented yet; use magnitude")
         if self.end_epoch < self.start_epoch:
             raise ConfigError("prune.end_epoch must be ≥ prune.start_epoch")
 
@@ -191,6 +225,9 @@ class Config:
     constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # A run directory or .safetensors checkpoint whose model weights initialize the model
+    # (not the optimizer or the epoch), e.g. the trained dense run that a pruning run starts from.
+    init_from: str | None = None
 
     def validate(self) -> Config:
         if self.epochs < 1:
@@ -200,6 +237,20 @@ class Config:
             v = getattr(self, f.name)
             if dataclasses.is_dataclass(v):
                 v.validate()
+        p, m = self.prune, self.model
+        if (p.keep is not None or p.method != "magnitude") and m.separable:
+            raise ConfigError("prune.keep and prune.method=hydra prune dense nn.Linear weights: "
+                              "set model.separable=false (separable factors use prune.target)")
+        if p.enabled and m.baseline != "none":
+            raise ConfigError(f"pruning is for dense or separable models, not for "
+                              f"model.baseline={m.baseline!r}")
+        c = self.constraints
+        if m.baseline != "none" and (c.lambda_sparsity > 0 or c.lambda_cond > 0):
+            raise ConfigError(f"the constraints act on separable factors: set "
+                              f"constraints.lambda_sparsity=0 and constraints.lambda_cond=0 for "
+                              f"model.baseline={m.baseline!r}")
+        if self.init_from is not None and not str(self.init_from).strip():
+            raise ConfigError("init_from must be a run directory or checkpoint path, or null")
         return self
 
     def to_dict(self) -> dict[str, Any]:

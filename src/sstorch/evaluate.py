@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from .baselines import LowRankLinear, TensorizedLinear
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import Config, ConfigError, load_config
 from .constraints import layer_stats
@@ -407,11 +408,12 @@ def lipschitz_bound(model: nn.Module) -> tuple[float | None, str]:
     r"""Global L2 Lipschitz upper bound ``L = Π_layers Lip(layer)`` of a chain network.
 
     Per layer: ``Normalize`` ``max_c 1/std_c``; ``nn.Linear`` ``‖W‖₂`` (largest singular value,
-    fp64); ``SeparableLinear`` ``Π_k ‖U_k‖₂ = ‖U_1 ⊗ … ⊗ U_K‖₂`` for R = 1 (exact), the
-    triangle bound ``Σ_r Π_k ‖U_k[r]‖₂`` for R > 1 (``LayerStats.lipschitz``); ReLU, Tanh,
-    Flatten, Identity, Dropout (eval) 1; LeakyReLU ``max(1, |slope|)``. Biases do not change
-    it. Anything else (GELU is not 1-Lipschitz: its slope reaches ≈ 1.13; convolutions, batch
-    norm, attention, non-chain containers) is refused.
+    fp64; also the baselines ``LowRankLinear`` and ``TensorizedLinear``, from their dense W);
+    ``SeparableLinear`` ``Π_k ‖U_k‖₂ = ‖U_1 ⊗ … ⊗ U_K‖₂`` for R = 1 (exact), the triangle bound
+    ``Σ_r Π_k ‖U_k[r]‖₂`` for R > 1 (``LayerStats.lipschitz``); ReLU, Tanh, Flatten, Identity,
+    Dropout (eval) 1; LeakyReLU ``max(1, |slope|)``. Biases do not change it. Anything else
+    (GELU is not 1-Lipschitz: its slope reaches ≈ 1.13; convolutions, batch norm, attention,
+    non-chain containers) is refused.
 
     Returns:
         ``(L, detail)``; ``L`` is None when refused, and ``detail`` says why.
@@ -424,6 +426,8 @@ def lipschitz_bound(model: nn.Module) -> tuple[float | None, str]:
             lip = layer_stats(m)[0].lipschitz
         elif isinstance(m, nn.Linear):
             lip = float(torch.linalg.matrix_norm(m.weight.double(), ord=2))
+        elif isinstance(m, (LowRankLinear, TensorizedLinear)):  # comparison baselines
+            lip = float(torch.linalg.matrix_norm(m.to_dense().double(), ord=2))
         elif isinstance(m, nn.LeakyReLU):
             lip = max(1.0, abs(m.negative_slope))
         elif isinstance(m, _ONE_LIPSCHITZ):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .baselines import apply_linear_masks_, factorize_mlp, sync_linear_masks_
 from .config import ConfigError, ModelConfig
 from .separable import SeparableLinear
 from .surgery import plan_shapes, separate
@@ -32,6 +33,10 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def _rezero_pruned(module: nn.Module, incompatible_keys: object) -> None:
+    apply_linear_masks_(module)
+
+
 class ImageClassifier(nn.Module):
     """``net(normalize(x))`` for ``x`` of shape ``(B, C, H, W)`` in [0, 1]."""
 
@@ -41,6 +46,13 @@ class ImageClassifier(nn.Module):
         self.normalize = Normalize(mean, std)
         self.net = net
         self.image_shape = tuple(image_shape)
+        # Pruned nn.Linear layers carry weight_mask buffers (sstorch.baselines): the state being
+        # loaded decides which layers are pruned, and their zeros are re-armed after loading.
+        self.register_load_state_dict_post_hook(_rezero_pruned)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        sync_linear_masks_(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -54,7 +66,10 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
 
     ``cfg.hidden`` lists hidden shapes, e.g. ``[[32, 32], [32, 32]]``: the dense MLP uses their
     products as widths (784-1024-1024-10 on Fashion-MNIST), the separable one maps the image's
-    modes (28, 28) → (32, 32) → (32, 32) by mode products.
+    modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.baseline`` (dense only) swaps
+    every Linear, the head included, for a comparison layer of :mod:`sstorch.baselines`: low rank
+    ``W = A B`` of rank ``baseline_rank``, or a Tucker / TT weight on the same modes as the
+    separable layers (the head's from :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
     """
     hidden = [tuple(h) if isinstance(h, (list, tuple)) else (int(h),) for h in cfg.hidden]
     widths = [math.prod(h) for h in hidden]
@@ -67,8 +82,25 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
         prev = w
     layers.append(nn.Linear(prev, num_classes))
     net = nn.Sequential(*layers)
-    if not cfg.separable:
+    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.baselines)
+        sizes = {n: ((m.in_features,), (m.out_features,)) for n, m in net.named_modules()
+                 if isinstance(m, nn.Linear)}
+        return factorize_mlp(net, sizes, "lowrank", cfg.baseline_rank)
+    if not cfg.separable and cfg.baseline == "none":
         return net
+    factorized_head = cfg.separate_head or cfg.baseline != "none"
+    shapes = _mode_shapes(net, hidden, image_shape, num_classes, head=factorized_head)
+    if cfg.baseline != "none":  # tucker / tt on the same modes as the separable layers
+        return factorize_mlp(net, shapes, cfg.baseline, cfg.baseline_rank)
+    head = list(shapes)[-1] if factorized_head else None  # a separable head has rank 1
+    return separate(net, list(shapes), shapes={n: (i, o, 1 if n == head else cfg.rank)
+                                               for n, (i, o) in shapes.items()})
+
+
+def _mode_shapes(net: nn.Module, hidden: list[tuple[int, ...]], image_shape: Sequence[int],
+                 num_classes: int, head: bool) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """``{Linear name: (in modes, out modes)}``: the image's modes → the hidden shapes, and with
+    ``head`` the classifier's modes from :func:`plan_shapes` (e.g. (32, 32) → (2, 5))."""
     in_modes = tuple(d for d in image_shape if d > 1)
     linear_names = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     shapes = {}
@@ -80,13 +112,12 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
                 f"{list(prev_shape)} has {len(prev_shape)}; give every hidden shape as many "
                 f"modes as the image's non-singleton dims {list(in_modes)}"
             )
-        shapes[name] = (prev_shape, h, cfg.rank)
+        shapes[name] = (prev_shape, h)
         prev_shape = h
-    head = linear_names[-1]
-    if cfg.separate_head:
-        plan = plan_shapes(prev, num_classes, in_shape=prev_shape)
-        shapes[head] = (plan.in_shape, plan.out_shape, 1)
-    return separate(net, list(shapes), shapes=shapes)
+    if head:
+        plan = plan_shapes(math.prod(prev_shape), num_classes, in_shape=prev_shape)
+        shapes[linear_names[-1]] = (plan.in_shape, plan.out_shape)
+    return shapes
 
 
 _VGG16_CHANNELS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

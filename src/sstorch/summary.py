@@ -1,7 +1,8 @@
 """Compression accounting: parameters, nonzeros, multiply-accumulates and bytes of a model.
 
 ``summary(model)`` compares the model as it is (separable layers, pruned factors) with its
-*dense equivalent* (every ``SeparableLinear`` replaced by the ``nn.Linear`` of the same map).
+*dense equivalent* (every ``SeparableLinear`` — and every baseline ``LowRankLinear`` /
+``TensorizedLinear`` of :mod:`sstorch.baselines` — replaced by the ``nn.Linear`` of the same map).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .baselines import LowRankLinear, TensorizedLinear
 from .separable import SeparableLinear
 from .surgery import probe_mode
 
 __all__ = ["LayerSummary", "ModelSummary", "sparse_tensor_bytes", "summary"]
+
+# Factorized comparison layers: accounted like separable ones (n_params, dense_params, MACs).
+_BASELINE_LAYERS = (LowRankLinear, TensorizedLinear)
 
 FP32_BYTES = 4
 
@@ -33,7 +38,8 @@ def sparse_tensor_bytes(t: Tensor, value_bytes: int = FP32_BYTES) -> int:
 
 @dataclass
 class LayerSummary:
-    """One Linear-like layer: ``kind`` is ``"separable"`` or ``"linear"``."""
+    """One Linear-like layer: ``kind`` is ``"separable"``, ``"linear"``, ``"lowrank"``,
+    ``"tucker"`` or ``"tt"``."""
 
     name: str
     kind: str
@@ -141,7 +147,7 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
     batch = example_input.shape[0]
 
     def hook(mod: nn.Module, args, out: Tensor) -> None:
-        if isinstance(mod, SeparableLinear):
+        if isinstance(mod, (SeparableLinear, *_BASELINE_LAYERS)):
             n_vec = out.numel() // mod.out_features
             counts[0] += n_vec * mod.macs_per_example()
             counts[1] += n_vec * mod.in_features * mod.out_features
@@ -155,7 +161,8 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
             counts[1] += macs
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (SeparableLinear, nn.Linear, nn.modules.conv._ConvNd))]
+               if isinstance(m, (SeparableLinear, *_BASELINE_LAYERS, nn.Linear,
+                                 nn.modules.conv._ConvNd))]
     try:
         with probe_mode(model):
             model(example_input)
@@ -169,7 +176,8 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     """Parameter, nonzero, MAC and storage accounting for ``model``.
 
     * compression (model) = dense-equivalent parameters / stored parameters, where the dense
-      equivalent replaces each ``SeparableLinear`` by ``nn.Linear(Π n_k, Π m_k)``;
+      equivalent replaces each ``SeparableLinear`` (and baseline ``LowRankLinear`` /
+      ``TensorizedLinear``) by ``nn.Linear(Π n_k, Π m_k)``;
     * FC compression counts ``nn.Linear`` and ``SeparableLinear`` layers only;
     * nnz counts nonzero entries after pruning masks are applied;
     * MACs: with ``example_input`` (a batch), multiply-accumulates per input of one forward
@@ -180,6 +188,7 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     """
     layers: list[LayerSummary] = []
     sep_params = sep_nnz = sep_dense = 0
+    base_params = base_dense = 0
     for name, mod in model.named_modules():
         if isinstance(mod, SeparableLinear):
             nnz = sum(int(torch.count_nonzero(f)) for f in mod.effective_factors())
@@ -192,6 +201,14 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
             sep_params += mod.n_params
             sep_nnz += nnz
             sep_dense += mod.dense_params
+        elif isinstance(mod, _BASELINE_LAYERS):
+            nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
+            kind = "lowrank" if isinstance(mod, LowRankLinear) else mod.factorization
+            layers.append(LayerSummary(name, kind, f"{mod.in_features} → {mod.out_features} "
+                                       f"(rank {mod.rank})", mod.n_params, nnz, mod.dense_params,
+                                       mod.macs_per_example()))
+            base_params += mod.n_params
+            base_dense += mod.dense_params
         elif isinstance(mod, nn.Linear):
             params = sum(p.numel() for p in mod.parameters())
             nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
@@ -200,7 +217,7 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     tensors = _effective_tensors(model)
     total_params = sum(t.numel() for t in tensors)
     total_nnz = sum(int(torch.count_nonzero(t)) for t in tensors)
-    dense_equiv = total_params - sep_params + sep_dense
+    dense_equiv = total_params - sep_params + sep_dense - base_params + base_dense
     if example_input is not None:
         macs, dense_macs = _count_macs(model, example_input)
         scope = "model"

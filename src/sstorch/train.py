@@ -32,11 +32,20 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from .attacks import FGSM, PGD, trades_adversary
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import Config
+from .baselines import (
+    LowRankLinear,
+    TensorizedLinear,
+    init_from_dense_,
+    keep_schedule,
+    linear_layers,
+    prune_linear_,
+)
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .config import Config, ConfigError, PruneConfig
 from .constraints import FactorRegularizer, layer_stats, prune_factors
 from .data import DATASET_INFO, build_datasets, canonical_name
 from .models import build_model
+from .separable import SeparableLinear
 from .summary import summary
 
 __all__ = ["TrainingDiverged", "evaluate", "train"]
@@ -238,6 +247,54 @@ def _subset(ds, n: int | None):
     return ds if n is None or n >= len(ds) else Subset(ds, list(range(n)))
 
 
+def _init_from(model: nn.Module, target: str) -> str:
+    """Load the model weights of a run directory (its best, else last, checkpoint) or of a
+    ``.safetensors`` checkpoint into ``model``; the optimizer, epoch and RNG start afresh.
+
+    A baseline model (``model.baseline``) can start from a dense run: each dense Linear weight is
+    decomposed into its layer (:func:`sstorch.baselines.init_from_dense_`). Returns a note for
+    the log.
+    """
+    path = Path(target)
+    if path.is_dir():
+        ckpt = next((path / f for f in ("best.safetensors", "last.safetensors")
+                     if (path / f).is_file()), None)
+        if ckpt is None:
+            raise ConfigError(f"init_from={target!r} holds no best.safetensors or "
+                              "last.safetensors; finish training that run first")
+    elif path.is_file():
+        ckpt = path
+    else:
+        raise ConfigError(f"init_from={target!r} does not exist; give a run directory made by "
+                          "`sstorch train` or a .safetensors checkpoint")
+    try:
+        if any(isinstance(m, (LowRankLinear, TensorizedLinear)) for m in model.modules()):
+            errors = init_from_dense_(model, load_weights(ckpt))
+            return f"initialized from {ckpt}" + "".join(
+                f"; {n} decomposed (relative error {e:.3f})" for n, e in errors.items())
+        load_checkpoint(ckpt, model, restore_rng=False, strict=True)
+    except (CheckpointError, ValueError) as exc:
+        raise ConfigError(f"init_from={target!r}: its weights do not fit this model (the model "
+                          f"section must match the run it comes from): {exc}") from exc
+    return f"initialized from {ckpt}"
+
+
+def _prune(model: nn.Module, p: PruneConfig, frac: float) -> None:
+    """One step of the pruning ramp (``frac`` of the way from start_epoch to end_epoch).
+
+    Separable models: factor entries, linear in sparsity (:func:`prune_factors`). Dense models:
+    the weights of every ``nn.Linear`` by global magnitude, geometric in the number of weights
+    kept (:func:`sstorch.baselines.keep_schedule`), down to ``keep`` or a ``target`` fraction of
+    zeros.
+    """
+    if any(isinstance(m, SeparableLinear) for m in model.modules()):
+        prune_factors(model, p.target * frac)
+        return
+    total = sum(layer.weight.numel() for _, layer in linear_layers(model))
+    final = p.keep if p.keep is not None else total - math.floor(p.target * total + 1e-9)
+    prune_linear_(model, keep=keep_schedule(total, min(final, total), frac))
+
+
 def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     """Train (or resume) a run; returns its directory. See the module docstring."""
     d = _setup_distributed(cfg.device)
@@ -255,6 +312,9 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     test_ds = _subset(test_ds, cfg.data.test_subset)
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
     model.to(device)
+    init_note = ""
+    if cfg.init_from is not None and resume is None:
+        init_note = "; " + _init_from(model, cfg.init_from)
     if d.main:  # data and model are valid: only now create the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -291,9 +351,12 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     writer = _tensorboard(run_dir) if d.main else None
     if d.main:
         s = summary(core)
-        log(f"model {cfg.model.name} ({'separable' if cfg.model.separable else 'dense'}): "
-            f"{s.total_params:,} params, compression {s.compression:.1f}x; device {device}"
-            f"{f' x{d.world}' if d.world > 1 else ''}; run dir {run_dir}")
+        m = cfg.model
+        kind = ("separable" if m.separable else "dense" if m.baseline == "none"
+                else f"{m.baseline}, rank {m.baseline_rank:g}")
+        log(f"model {m.name} ({kind}): {s.total_params:,} params, {s.total_nnz:,} nonzero, "
+            f"compression {s.compression:.1f}x; device {device}"
+            f"{f' x{d.world}' if d.world > 1 else ''}; run dir {run_dir}{init_note}")
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
@@ -338,9 +401,9 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
         loss_sum, adv_correct, n_seen = _all_sum(sums, device, d)
 
         p = cfg.prune
-        if p.target > 0 and p.start_epoch <= epoch:
-            frac = min(1.0, (epoch - p.start_epoch + 1) / (p.end_epoch - p.start_epoch + 1))
-            prune_factors(core, p.target * frac)
+        if p.enabled and p.start_epoch <= epoch:
+            _prune(core, p, min(1.0, (epoch - p.start_epoch + 1)
+                                / (p.end_epoch - p.start_epoch + 1)))
 
         val = evaluate(core, val_loader, device, val_attack, d) if val_loader else {}
         score = val.get("robust_acc", val.get("clean_acc", adv_correct / max(n_seen, 1)))
@@ -351,6 +414,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             "val_robust_acc": val.get("robust_acc", float("nan")),
             "reg_sparsity": reg.last.get("sparsity", 0.0), "reg_cond": reg.last.get("cond", 0.0),
             "train_seconds": train_seconds, "epoch_seconds": time.perf_counter() - t0,
+            "nnz": summary(core).total_nnz,
         }
         for st in layer_stats(core):
             row[f"kappa/{st.name}"] = st.kappa
@@ -364,9 +428,9 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                 writer.flush()
             # "best" = highest validation robust accuracy among epochs whose factors are
             # already pruned to the target (earlier, denser epochs are not comparable).
-            if epoch == cfg.prune.end_epoch and cfg.prune.target > 0:
+            if epoch == cfg.prune.end_epoch and cfg.prune.enabled:
                 best = -1.0
-            improved = (cfg.prune.target == 0 or epoch >= cfg.prune.end_epoch) and score > best
+            improved = (not cfg.prune.enabled or epoch >= cfg.prune.end_epoch) and score > best
             best = max(best, score) if improved else best
             extra = {"epoch": epoch, "best": best, "config": cfg.to_dict(), "metrics": row}
             if improved:
@@ -392,6 +456,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
         s = summary(core)
         result = {
             "run_dir": str(run_dir), "model": cfg.model.name, "separable": cfg.model.separable,
+            "baseline": cfg.model.baseline,
             "dataset": cfg.data.name, "params": s.total_params, "nnz": s.total_nnz,
             "compression": s.compression, "fc_compression": s.fc_compression,
             "test_clean_acc": test["clean_acc"],

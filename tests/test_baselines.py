@@ -1,0 +1,424 @@
+"""Baselines at a matched parameter budget (:mod:`sstorch.baselines`): low-rank and tensorly-torch
+layers, dense magnitude pruning with persistent masks, ``init_from`` and their config checks.
+
+Layers are checked on small shapes; parameter counts on the real Fashion-MNIST MLP (no data
+needed); training end to end on scikit-learn's 8×8 digits, so the file stays fast on 2 cores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sstorch.baselines import (
+    LowRankLinear,
+    TensorizedLinear,
+    init_from_dense_,
+    keep_schedule,
+    prune_linear_,
+    remove_linear_masks_,
+)
+from sstorch.checkpoint import load_checkpoint, save_checkpoint
+from sstorch.config import ConfigError, load_config
+from sstorch.data import DATASET_INFO
+from sstorch.evaluate import lipschitz_bound, load_run
+from sstorch.kronecker import kron
+from sstorch.models import build_model
+from sstorch.summary import summary
+from sstorch.train import _init_from, train
+
+pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
+needs_tltorch = pytest.mark.skipif(importlib.util.find_spec("tltorch") is None,
+                                   reason="tensorly-torch not installed (the bench extra)")
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "paper-fmnist"
+SEP_PARAMS = 6_122  # the separable MLP of configs/paper-fmnist/sep-mlp-200x.yaml
+DENSE_PARAMS = 1_863_690
+BIASES = 1024 + 1024 + 10
+
+
+def _fmnist_model(*overrides: str) -> nn.Module:
+    cfg = load_config(None, list(overrides))
+    info = DATASET_INFO["fashion-mnist"]
+    return build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+
+
+def _baseline(name: str, rank: float) -> nn.Module:
+    return _fmnist_model("model.separable=false", f"model.baseline={name}",
+                         f"model.baseline_rank={rank}", "constraints.lambda_sparsity=0",
+                         "constraints.lambda_cond=0")
+
+
+def _nnz(model: nn.Module) -> int:
+    return summary(model).total_nnz
+
+
+def _skip_without_tltorch(name: str) -> None:
+    if name in ("tucker", "tt") and importlib.util.find_spec("tltorch") is None:
+        pytest.skip("tensorly-torch not installed (the bench extra)")
+
+
+# --------------------------------------------------------------------------- parameter budget
+
+
+@pytest.mark.parametrize(("name", "rank", "params"), [
+    ("lowrank", 1, 6_948), ("tucker", 6, 6_911), ("tt", 1, SEP_PARAMS)])
+def test_baseline_mlps_match_the_separable_budget(name, rank, params):
+    """Every Linear, the head included, is replaced; counts include biases and the head."""
+    _skip_without_tltorch(name)
+    model = _baseline(name, rank)
+    s = summary(model)
+    assert s.total_params == params == s.total_nnz
+    assert s.dense_equivalent_params == DENSE_PARAMS
+    assert [layer.kind for layer in s.layers] == [name] * 3
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    # as close as possible to 6,122 without falling far below: the next rank down is
+    # impossible (lowrank, tt) or 16 % below (tucker 5: 5,147)
+    assert abs(params - SEP_PARAMS) / SEP_PARAMS < 0.14
+    if name == "tucker":
+        assert summary(_baseline("tucker", 5)).total_params == 5_147
+
+
+@needs_tltorch
+def test_tucker_rank_is_capped_at_the_mode_sizes_and_fractions_pass_through():
+    head = TensorizedLinear((32, 32), (2, 5), "tucker", 6)
+    assert head.rank == [2, 5, 6, 6]  # a rank above a mode's size only adds core parameters
+    frac = TensorizedLinear((8, 8), (8, 8), "tucker", 0.1)
+    assert frac.n_params < 0.2 * 64 * 64 + 64
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_lowrank_is_the_dense_product_and_from_linear_is_the_truncated_svd():
+    layer = LowRankLinear(12, 9, rank=3)
+    x = torch.randn(4, 5, 12)
+    w = layer.A @ layer.B
+    torch.testing.assert_close(layer(x), x @ w.T + layer.bias)
+    torch.testing.assert_close(layer.to_dense(), w)
+    assert torch.linalg.matrix_rank(w) == 3
+    assert layer.n_params == 3 * (12 + 9) + 9 and layer.dense_params == 12 * 9 + 9
+    assert layer.macs_per_example() == 3 * (12 + 9)
+
+    dense = nn.Linear(12, 9)
+    exact = LowRankLinear.from_linear(dense, rank=9)  # full rank: exact
+    assert exact.approx_error < 1e-6
+    torch.testing.assert_close(exact(x), dense(x), atol=1e-5, rtol=1e-5)
+    approx = LowRankLinear.from_linear(dense, rank=2)  # Eckart–Young: tail singular values
+    s = torch.linalg.svdvals(dense.weight.detach().double())
+    assert approx.approx_error == pytest.approx(float(s[2:].norm() / s.norm()), rel=1e-5)
+
+
+def test_lowrank_spectral_init_is_balanced():
+    layer = LowRankLinear(64, 48, rank=4)
+    na = torch.linalg.svdvals(layer.A.detach())
+    nb = torch.linalg.svdvals(layer.B.detach())
+    torch.testing.assert_close(na, nb)  # A = U S^½, B = S^½ Vᵀ
+    assert 0.5 < float(na[0] ** 2) < 3  # ≈ σ_1 of an nn.Linear init, not ‖W‖_F
+
+
+@needs_tltorch
+@pytest.mark.parametrize("factorization", ["tucker", "tt"])
+def test_tensorized_forward_is_its_dense_weight_and_decomposition_recovers_it(factorization):
+    layer = TensorizedLinear((4, 3), (2, 5), factorization, 2)
+    x = torch.randn(6, 12)
+    torch.testing.assert_close(layer(x), x @ layer.to_dense().T + layer.bias,
+                               atol=1e-5, rtol=1e-4)
+    twin = TensorizedLinear((4, 3), (2, 5), factorization, 2)
+    error = twin.load_dense_(layer.to_dense(), layer.bias)  # exactly representable
+    assert error < 1e-4
+    torch.testing.assert_close(twin(x), layer(x), atol=1e-4, rtol=1e-4)
+    assert layer.n_params == sum(p.numel() for p in layer.parameters())
+    assert layer.dense_params == 12 * 10 + 10
+
+
+@needs_tltorch
+def test_two_mode_tt_is_a_sum_of_kronecker_products():
+    """TT-matrix with K = 2 cores of rank r = Σ_α G1[..., α] ⊗ G2[α]: a SeparableLinear."""
+    layer = TensorizedLinear((4, 3), (2, 5), "tt", 2)
+    g1, g2 = (f.detach() for f in layer.layer.weight.factors)  # (1, 2, 4, r), (r, 5, 3, 1)
+    w = sum(kron(g1[0, :, :, a], g2[a, :, :, 0]) for a in range(2))
+    torch.testing.assert_close(layer.to_dense(), w, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "rank"), [("tucker", 2), ("tt", 2), ("lowrank", 2)])
+def test_baseline_mlp_trains_a_step(name, rank):
+    _skip_without_tltorch(name)
+    cfg = load_config(None, ["model.separable=false", f"model.baseline={name}",
+                             f"model.baseline_rank={rank}", "model.hidden=[[4,4]]",
+                             "constraints.lambda_sparsity=0", "constraints.lambda_cond=0"])
+    info = DATASET_INFO["digits"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    x, y = torch.rand(16, *info.image_shape), torch.randint(0, 10, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    opt.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert lipschitz_bound(model)[0] is not None  # the certificate covers baseline layers
+
+
+@needs_tltorch
+def test_missing_tltorch_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tltorch", None)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e '\.\[bench\]'"):
+        TensorizedLinear((4, 4), (4, 4), "tucker", 2)
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 30), nn.ReLU(),
+                         nn.Linear(30, 5))
+
+
+def _weight_nnz(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(m.weight)) for m in model.modules()
+               if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_pruning_keeps_exactly_the_requested_weights(scope):
+    model = _mlp()
+    biases = 30 + 30 + 5
+    kept = prune_linear_(model, keep=97, scope=scope)
+    assert sum(kept.values()) == 97 == _weight_nnz(model)
+    assert summary(model).total_nnz == 97 + biases  # biases are not pruned
+    assert all(n >= 1 for n in kept.values())
+    if scope == "layer":  # the same fraction everywhere: 97 · (600, 900, 150) / 1650
+        assert kept == {"0": 35, "2": 53, "4": 9}
+    else:  # the largest |w| overall, except for up to 3 protected layer maxima
+        w = torch.cat([m.weight.detach().abs().flatten() for m in _mlp().modules()
+                       if isinstance(m, nn.Linear)])
+        mask = torch.cat([m.weight_mask.flatten() for m in model.modules()
+                          if isinstance(m, nn.Linear)]) > 0
+        assert float(w[mask].sort().values[3]) >= float(w[~mask].max())
+    # 10 % of the 1,650 weights is more than is left: nothing masked is revived
+    assert sum(prune_linear_(model, sparsity=0.9, scope=scope).values()) == 97
+    assert _weight_nnz(model) == 97
+
+
+def test_pruning_schedule_is_monotone_and_geometric():
+    assert keep_schedule(1_000_000, 100, 0.0) == 1_000_000
+    assert keep_schedule(1_000_000, 100, 0.5) == 10_000
+    assert keep_schedule(1_000_000, 100, 1.0) == 100
+    model = _mlp()
+    masks = []
+    for k in (800, 300, 97):
+        prune_linear_(model, keep=k)
+        masks.append(torch.cat([m.weight_mask.flatten() for m in model.modules()
+                                if isinstance(m, nn.Linear)]))
+        assert _weight_nnz(model) == k
+    assert bool((masks[2] <= masks[1]).all() and (masks[1] <= masks[0]).all())
+    with pytest.raises(ValueError, match="keep must be an int"):
+        prune_linear_(model, keep=2)  # fewer than one weight per layer
+    assert remove_linear_masks_(model) == 3 and not hasattr(model[0], "weight_mask")
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
+def test_masked_weights_stay_zero_through_momentum_and_weight_decay(opt_name):
+    model = _mlp()
+    prune_linear_(model, keep=60)
+    masks = [m.weight_mask.clone() for m in model.modules() if isinstance(m, nn.Linear)]
+    opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, nesterov=True,
+                           weight_decay=1e-2) if opt_name == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=1e-2))
+    x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    for layer, mask in zip(layers, masks, strict=True):
+        assert bool((layer.weight[mask == 0] == 0).all())
+    assert _weight_nnz(model) <= 60
+    # the momentum buffers are nonzero at masked entries: without the hook they would revive
+    assert any(bool((opt.state[layer.weight].get("momentum_buffer",
+                                                 opt.state[layer.weight].get("exp_avg"))
+                     [mask == 0] != 0).any()) for layer, mask in zip(layers, masks, strict=True))
+
+
+def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
+    """The fresh ImageClassifier has no mask buffers: loading creates them and re-arms the
+    post-step hook, so training on after loading keeps the zeros."""
+    model = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    prune_linear_(model, keep=500)
+    nnz = _nnz(model)
+    save_checkpoint(tmp_path / "p.safetensors", model)
+    fresh = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    assert not hasattr(fresh.net[1], "weight_mask")
+    load_checkpoint(tmp_path / "p.safetensors", fresh, restore_rng=False)
+    assert _nnz(fresh) == nnz and _weight_nnz(fresh) == 500
+    torch.testing.assert_close(fresh.net[1].weight_mask, model.net[1].weight_mask)
+    opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        fresh(torch.rand(8, 1, 28, 28)).logsumexp(1).sum().backward()
+        opt.step()
+    assert _weight_nnz(fresh) <= 500
+    # and an unpruned state drops the masks again (the state decides)
+    fresh.load_state_dict(_fmnist_model("model.separable=false",
+                                        "model.hidden=[16, 16]").state_dict())
+    assert not hasattr(fresh.net[1], "weight_mask")
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def _digits(out_dir: Path, name: str, **kw: object) -> list[str]:
+    base = {
+        "data.name": "digits", "model.separable": "false", "model.hidden": "[[8,8]]",
+        "device": "cpu", "out_dir": str(out_dir), "name": name, "epochs": 1,
+        "data.train_subset": 128, "data.val_size": 64, "data.test_subset": 64,
+        "data.batch_size": 64, "attack.eps": 0.1, "attack.step_size": 0.05, "attack.steps": 2,
+        "eval.pgd_steps": 2, "eval.val_pgd_steps": 2, "constraints.lambda_sparsity": 0,
+        "constraints.lambda_cond": 0,
+    }
+    base.update({k.replace("__", "."): v for k, v in kw.items()})
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="module")
+def dense_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    return train(load_config(None, _digits(out, "dense")), log=lambda msg: None)
+
+
+def test_prune_run_from_a_dense_run_reaches_keep_and_survives_resume(tmp_path, dense_run):
+    """init_from a dense run, ramp over 2 epochs to keep=40 weights (+ 8·8 + 10 biases), one
+    more epoch after a resume; load_run rebuilds the pruned model."""
+    sets = _digits(tmp_path, "prune", init_from=dense_run, epochs=2, prune__keep=40,
+                   prune__start_epoch=1, prune__end_epoch=2)
+    lines: list[str] = []
+    run = train(load_config(None, sets), log=lines.append)
+    assert any(f"initialized from {dense_run / 'best.safetensors'}" in ln for ln in lines)
+    result = json.loads((run / "summary.json").read_text())
+    assert result["nnz"] == 40 + 64 + 10 and result["params"] == 64 * 64 + 64 * 10 + 64 + 10
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    nnz = [int(r.split(",")[header.index("nnz")]) for r in rows[1:]]
+    assert nnz[0] == keep_schedule(64 * 64 + 640, 40, 0.5) + 74 and nnz[1] == 114
+    resumed = train(load_config(None, [*sets, "epochs=3"]), resume=run, log=lambda msg: None)
+    assert json.loads((resumed / "summary.json").read_text())["nnz"] == 114
+    _, model, _, _ = load_run(resumed)
+    assert _nnz(model) == 114 and model.net[1].weight_mask.sum() > 0
+
+
+def test_init_from_loads_the_weights_and_refuses_what_does_not_fit(tmp_path, dense_run):
+    cfg = load_config(None, _digits(tmp_path, "x"))
+    info = DATASET_INFO["digits"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    _init_from(model, str(dense_run))
+    _, trained, _, _ = load_run(dense_run)
+    for a, b in zip(model.state_dict().values(), trained.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    _init_from(model, str(dense_run / "last.safetensors"))  # a checkpoint file works too
+    with pytest.raises(ConfigError, match="does not exist"):
+        _init_from(model, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"holds no best\.safetensors"):
+        _init_from(model, str(tmp_path))
+    wider = build_model(load_config(None, _digits(tmp_path, "x", model__hidden="[[4,4]]")).model,
+                        info.num_classes, info.image_shape, info.mean, info.std)
+    with pytest.raises(ConfigError, match=r"init_from=.*do not fit this model.*shape"):
+        _init_from(wider, str(dense_run))
+
+
+@pytest.mark.parametrize(("name", "rank"), [("lowrank", 2), ("tucker", 2), ("tt", 2)])
+def test_baselines_start_from_a_dense_run_by_decomposition(tmp_path, dense_run, name, rank):
+    _skip_without_tltorch(name)
+    sets = _digits(tmp_path, name, model__baseline=name, model__baseline_rank=rank)
+    cfg = load_config(None, sets)
+    info = DATASET_INFO["digits"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    note = _init_from(model, str(dense_run))
+    assert "net.1 decomposed (relative error" in note and "net.3 decomposed" in note
+    _, dense, _, _ = load_run(dense_run)
+    torch.testing.assert_close(model.net[3].bias, dense.net[3].bias)
+    if name == "lowrank":  # the first layer is the truncated SVD of the dense one
+        w = dense.net[1].weight.detach().double()
+        u, s, vh = torch.linalg.svd(w)
+        torch.testing.assert_close(model.net[1].to_dense().double(),
+                                   (u[:, :2] * s[:2]) @ vh[:2], atol=1e-5, rtol=1e-4)
+    run = train(cfg, log=lambda msg: None)  # and a short run from scratch trains
+    assert json.loads((run / "summary.json").read_text())["baseline"] == name
+
+
+def test_init_from_dense_names_what_does_not_fit():
+    model = nn.Sequential(nn.Flatten(), LowRankLinear(12, 6, rank=2), nn.ReLU(), nn.Linear(6, 3))
+    good = {"1.weight": torch.randn(6, 12), "1.bias": torch.randn(6),
+            "3.weight": torch.randn(3, 6), "3.bias": torch.randn(3)}
+    errors = init_from_dense_(model, good)
+    assert list(errors) == ["1"] and 0 < errors["1"] < 1
+    torch.testing.assert_close(model[3].weight, good["3.weight"])
+    with pytest.raises(ValueError, match=r"1: a dense weight .* must be \(6, 12\)"):
+        init_from_dense_(model, {**good, "1.weight": torch.randn(6, 10)})
+    with pytest.raises(ValueError, match=r"missing 3\.bias"):
+        init_from_dense_(model, {k: v for k, v in good.items() if k != "3.bias"})
+    with pytest.raises(ValueError, match=r"unexpected 5\.weight"):
+        init_from_dense_(model, {**good, "5.weight": torch.randn(2)})
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["model.baseline=svd"], "model.baseline='svd' is not one of"),
+    (["model.baseline=tucker"], "set model.separable=false"),
+    (["model.separable=false", "model.baseline=tt", "model.name=vgg16"], "mlp only"),
+    (["model.separable=false", "model.baseline=lowrank", "model.baseline_rank=0.5"],
+     "int ≥ 1 for lowrank"),
+    (["model.separable=false", "model.baseline=tucker", "model.baseline_rank=2.5"],
+     "int ≥ 1 or a fraction"),
+    (["model.separable=false", "model.baseline=tucker", "model.baseline_rank=0"],
+     "int ≥ 1 or a fraction"),
+    (["model.separable=false", "model.baseline=tt"], "constraints act on separable factors"),
+    (["prune.keep=100"], "set model.separable=false"),
+    (["prune.method=hydra", "model.separable=false"], "hydra is not implemented"),
+    (["prune.method=snip", "model.separable=false"], "prune.method='snip' is not one of"),
+    (["prune.keep=0", "model.separable=false"], "prune.keep must be ≥ 1"),
+    (["model.separable=false", "model.baseline=tt", "constraints.lambda_sparsity=0",
+      "constraints.lambda_cond=0", "prune.target=0.5"], "pruning is for dense or separable"),
+    (["init_from=' '"], "init_from must be"),
+])
+def test_config_errors(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize(("stem", "params", "nnz"), [
+    ("lowrank-mlp-200x", 6_948, 6_948), ("tucker-mlp-200x", 6_911, 6_911),
+    ("tt-mlp-200x", SEP_PARAMS, SEP_PARAMS), ("prune-mlp-200x", DENSE_PARAMS, SEP_PARAMS)])
+def test_paper_baseline_configs(stem, params, nnz):
+    """The issue-5 configs: name = file stem, the dense-mlp recipe, the stated budget."""
+    path = PAPER / f"{stem}.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} not written yet")
+    cfg = load_config(path)
+    dense = load_config(PAPER / "dense-mlp.yaml")
+    assert cfg.name == stem
+    for section in ("data", "attack", "optim", "eval"):
+        assert getattr(cfg, section) == getattr(dense, section), section
+    assert cfg.epochs == dense.epochs
+    assert (cfg.constraints.lambda_sparsity, cfg.constraints.lambda_cond) == (0, 0)
+    info = DATASET_INFO["fashion-mnist"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    assert summary(model).total_params == params
+    if cfg.prune.enabled:
+        total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+        prune_linear_(model, keep=keep_schedule(total, cfg.prune.keep, 1.0))
+    assert _nnz(model) == nnz
+    assert math.isclose(DENSE_PARAMS / nnz, 304.4, rel_tol=0.15)
