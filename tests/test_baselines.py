@@ -7,6 +7,7 @@ needed); training end to end on scikit-learn's 8×8 digits, so the file stays fa
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import math
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sstorch.baselines import (
+    Hydra,
     LowRankLinear,
     TensorizedLinear,
     init_from_dense_,
@@ -276,6 +278,68 @@ def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
     assert not hasattr(fresh.net[1], "weight_mask")
 
 
+# --------------------------------------------------------------------------- HYDRA
+
+
+def test_hydra_starts_at_the_magnitude_mask_and_learns_scores_straight_through():
+    model = _mlp()
+    dense = [m.weight.detach().clone() for m in model.modules() if isinstance(m, nn.Linear)]
+    ref = copy.deepcopy(model)
+    prune_linear_(ref, keep=97)
+    hydra = Hydra(model, keep=97, momentum=0.9)
+    assert not hydra.active
+    hydra.attach()
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    refs = [m for m in ref.modules() if isinstance(m, nn.Linear)]
+    for layer, r in zip(layers, refs, strict=True):
+        torch.testing.assert_close(layer.weight_mask, r.weight_mask)
+    assert not any(p.requires_grad for p in model.parameters())
+    x, y = torch.randn(16, 20), torch.randint(0, 5, (16,))
+    loss = F.cross_entropy(model(x), y)
+    ref_loss = F.cross_entropy(ref(x), y)  # the same function: W ⊙ m
+    torch.testing.assert_close(loss, ref_loss)
+    loss.backward()
+    ref_loss.backward()
+    for layer, r, w in zip(layers, refs, dense, strict=True):  # ∂L/∂s = W ⊙ ∂L/∂(W ⊙ m)
+        torch.testing.assert_close(layer.weight_score.grad, w * r.weight.grad)
+        assert layer.weight.grad is None
+    masks = [m.weight_mask.clone() for m in layers]
+    for _ in range(20):  # scores move, masks follow, weights stay dense and unchanged
+        hydra.optimizer.param_groups[0]["lr"] = 0.5
+        hydra.optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        hydra.optimizer.step()
+        hydra.update_masks()
+        assert sum(int(m.weight_mask.sum()) for m in layers) == 97
+    assert any(not torch.equal(a, m.weight_mask) for a, m in zip(masks, layers, strict=True))
+    for layer, w in zip(layers, dense, strict=True):
+        torch.testing.assert_close(layer.weight, w)
+    assert summary(model).total_nnz == 97 + 65  # the effective (masked) weights
+    kept = hydra.finalize()
+    assert sum(kept.values()) == 97 == _weight_nnz(model) and not hydra.active
+    assert all(p.requires_grad for p in model.parameters())
+    assert not hasattr(layers[0], "weight_score") and "forward" not in vars(layers[0])
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert _weight_nnz(model) <= 97
+
+
+def test_hydra_state_loads_into_a_fresh_model_mid_score_phase(tmp_path):
+    model = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    hydra = Hydra(model, keep=300)
+    hydra.attach()
+    x = torch.rand(4, 1, 28, 28)
+    save_checkpoint(tmp_path / "h.safetensors", model)
+    fresh = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    load_checkpoint(tmp_path / "h.safetensors", fresh, restore_rng=False)
+    torch.testing.assert_close(fresh(x), model(x))  # scored forward, dense weights kept
+    assert _weight_nnz(fresh) > 300 and _nnz(fresh) == 300 + 16 + 16 + 10
+    assert Hydra(fresh, keep=300).active  # a resumed run continues the score phase
+
+
 # --------------------------------------------------------------------------- training runs
 
 
@@ -316,6 +380,32 @@ def test_prune_run_from_a_dense_run_reaches_keep_and_survives_resume(tmp_path, d
     assert json.loads((resumed / "summary.json").read_text())["nnz"] == 114
     _, model, _, _ = load_run(resumed)
     assert _nnz(model) == 114 and model.net[1].weight_mask.sum() > 0
+
+
+def test_hydra_run_from_a_dense_run_resumes_in_the_score_phase(tmp_path, dense_run):
+    """Scores learn in epochs 1-2 (weights frozen), fine-tuning in epoch 3; killed after
+    epoch 1 and resumed; the result has keep=40 weights."""
+    sets = _digits(tmp_path, "hydra", init_from=dense_run, epochs=3, prune__method="hydra",
+                   prune__keep=40, prune__start_epoch=1, prune__end_epoch=2)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_epoch_1(msg: str) -> None:
+        if msg.startswith("epoch 1:"):
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(load_config(None, sets), log=die_after_epoch_1)
+    _, mid, _, _ = load_run(tmp_path / "hydra")
+    _, dense, _, _ = load_run(dense_run)
+    torch.testing.assert_close(mid.net[1].weight, dense.net[1].weight)  # frozen, dense
+    assert hasattr(mid.net[1], "weight_score") and _nnz(mid) == 40 + 74
+    run = train(load_config(None, sets), resume=tmp_path / "hydra", log=lambda msg: None)
+    assert json.loads((run / "summary.json").read_text())["nnz"] == 40 + 74
+    _, model, ckpt, _ = load_run(run)
+    assert ckpt.name == "best.safetensors" and not hasattr(model.net[1], "weight_score")
+    assert _weight_nnz(model) == 40
 
 
 def test_init_from_loads_the_weights_and_refuses_what_does_not_fit(tmp_path, dense_run):
@@ -387,7 +477,8 @@ def test_init_from_dense_names_what_does_not_fit():
      "int ≥ 1 or a fraction"),
     (["model.separable=false", "model.baseline=tt"], "constraints act on separable factors"),
     (["prune.keep=100"], "set model.separable=false"),
-    (["prune.method=hydra", "model.separable=false"], "hydra is not implemented"),
+    (["prune.method=hydra", "model.separable=false"], "hydra needs prune.keep"),
+    (["prune.method=hydra", "prune.keep=10"], "set model.separable=false"),
     (["prune.method=snip", "model.separable=false"], "prune.method='snip' is not one of"),
     (["prune.keep=0", "model.separable=false"], "prune.keep must be ≥ 1"),
     (["model.separable=false", "model.baseline=tt", "constraints.lambda_sparsity=0",
@@ -401,7 +492,8 @@ def test_config_errors(overrides, match):
 
 @pytest.mark.parametrize(("stem", "params", "nnz"), [
     ("lowrank-mlp-200x", 6_948, 6_948), ("tucker-mlp-200x", 6_911, 6_911),
-    ("tt-mlp-200x", SEP_PARAMS, SEP_PARAMS), ("prune-mlp-200x", DENSE_PARAMS, SEP_PARAMS)])
+    ("tt-mlp-200x", SEP_PARAMS, SEP_PARAMS), ("prune-mlp-200x", DENSE_PARAMS, SEP_PARAMS),
+    ("hydra-mlp-200x", DENSE_PARAMS, SEP_PARAMS)])
 def test_paper_baseline_configs(stem, params, nnz):
     """The issue-5 configs: name = file stem, the dense-mlp recipe, the stated budget."""
     path = PAPER / f"{stem}.yaml"
@@ -417,7 +509,9 @@ def test_paper_baseline_configs(stem, params, nnz):
     info = DATASET_INFO["fashion-mnist"]
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
     assert summary(model).total_params == params
-    if cfg.prune.enabled:
+    if cfg.prune.method == "hydra":
+        Hydra(model, cfg.prune.keep).attach()
+    elif cfg.prune.enabled:
         total = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
         prune_linear_(model, keep=keep_schedule(total, cfg.prune.keep, 1.0))
     assert _nnz(model) == nnz

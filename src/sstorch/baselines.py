@@ -21,7 +21,8 @@ These are the other ways of spending the same budget that it is compared with (i
   2015, "Learning both Weights and Connections for Efficient Neural Networks") with persistent
   masks, ramped over epochs by :func:`keep_schedule` and fine-tuned with the same adversarial
   training, as in the pruning baselines of Sehwag et al. 2020 ("HYDRA: Pruning Adversarially
-  Robust Neural Networks").
+  Robust Neural Networks"); :class:`Hydra` is that paper's method: the mask is learned from the
+  adversarial loss through importance scores, then the kept weights are fine-tuned.
 
 Masks of pruned Linear layers are ``weight_mask`` buffers (so they are in ``state_dict`` and in
 checkpoints); the masked weights are set to exactly 0 and kept there after every optimizer step
@@ -36,6 +37,7 @@ layer is built.
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -48,6 +50,7 @@ from .separable import track_masked, untrack_masked
 
 __all__ = [
     "BASELINES",
+    "Hydra",
     "LowRankLinear",
     "TensorizedLinear",
     "apply_linear_masks_",
@@ -449,6 +452,23 @@ def _allocate(sizes: list[int], keep: int) -> list[int]:
     return out
 
 
+def _top_k(scores: list[Tensor], keep: int, scope: str = "global") -> list[Tensor]:
+    """Boolean masks (flat, one per layer) of the ``keep`` largest scores, over all layers
+    together (``global``) or the same fraction per layer (``layer``)."""
+    sizes = [s.numel() for s in scores]
+    if scope == "global":
+        flat = torch.cat(scores)
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+        chosen[flat.topk(keep).indices] = True
+        return list(chosen.split(sizes))
+    keeps = []
+    for s, k in zip(scores, _allocate(sizes, keep), strict=True):
+        chosen = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
+        chosen[s.topk(k).indices] = True
+        keeps.append(chosen)
+    return keeps
+
+
 @torch.no_grad()
 def prune_linear_(model: nn.Module, keep: int | None = None, sparsity: float | None = None,
                   scope: str = "global") -> dict[str, int]:
@@ -496,17 +516,7 @@ def prune_linear_(model: nn.Module, keep: int | None = None, sparsity: float | N
             s = torch.where(old.flatten() != 0, s, torch.full_like(s, -1.0))
         s[s.argmax()] = math.inf  # every layer keeps its largest weight
         scores.append(s)
-    if scope == "global":
-        flat = torch.cat(scores)
-        chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-        chosen[flat.topk(keep).indices] = True
-        keeps = chosen.split(sizes)
-    else:
-        keeps = []
-        for s, k in zip(scores, _allocate(sizes, keep), strict=True):
-            chosen = torch.zeros(s.numel(), dtype=torch.bool, device=s.device)
-            chosen[s.topk(k).indices] = True
-            keeps.append(chosen)
+    keeps = _top_k(scores, keep, scope)
     result = {}
     for (name, layer), chosen in zip(layers, keeps, strict=True):
         w = layer.weight
@@ -532,7 +542,10 @@ def apply_linear_masks_(model: nn.Module) -> int:
     """
     count = 0
     for _, layer in linear_layers(model):
-        if getattr(layer, MASK, None) is not None:
+        if getattr(layer, SCORE, None) is not None:  # HYDRA score learning: W stays dense
+            _score_mode(layer, True)
+        elif getattr(layer, MASK, None) is not None:
+            _score_mode(layer, False)
             _rezero(layer)
             track_masked(layer, _rezero)
             count += 1
@@ -562,13 +575,123 @@ def sync_linear_masks_(model: nn.Module, state_dict: Mapping[str, Any], prefix: 
     """
     count = 0
     for name, layer in linear_layers(model):
-        key = f"{prefix}{name}.{MASK}" if name else f"{prefix}{MASK}"
-        has = getattr(layer, MASK, None) is not None
-        if key in state_dict:
-            if not has:
-                layer.register_buffer(MASK, torch.ones_like(layer.weight))
-            count += 1
-        elif has:
-            delattr(layer, MASK)
-            untrack_masked(layer)
+        for buf in (MASK, SCORE):  # SCORE: a checkpoint taken while HYDRA learns its scores
+            key = f"{prefix}{name}.{buf}" if name else f"{prefix}{buf}"
+            has = getattr(layer, buf, None) is not None
+            if key in state_dict and not has:
+                layer.register_buffer(buf, torch.ones_like(layer.weight))
+            elif key not in state_dict and has:
+                delattr(layer, buf)
+                untrack_masked(layer)
+                _score_mode(layer, False)
+        count += f"{prefix}{name}.{MASK}" in state_dict
     return count
+
+
+# ------------------------------------------------------------------------------------ HYDRA
+
+SCORE = "weight_score"
+
+
+def _scored_forward(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``x (W ⊙ m)ᵀ + b`` with the straight-through mask ``m + s − s.detach()`` (value m)."""
+    s = getattr(layer, SCORE)
+    return F.linear(x, layer.weight * (getattr(layer, MASK) + s - s.detach()), layer.bias)
+
+
+def _score_mode(layer: nn.Module, on: bool) -> None:
+    """Route ``layer``'s forward through :func:`_scored_forward` (an instance attribute, so the
+    state_dict and the class are untouched) or back to ``nn.Linear.forward``."""
+    if on:
+        layer.forward = types.MethodType(_scored_forward, layer)
+    elif "forward" in vars(layer):
+        del layer.forward
+
+
+class Hydra:
+    r"""HYDRA score learning (Sehwag et al. 2020, "HYDRA: Pruning Adversarially Robust Neural
+    Networks"): choose the weights to keep by minimising the adversarial loss itself.
+
+    Every ``nn.Linear`` gets an importance score ``s`` per weight (a ``weight_score`` buffer,
+    initialised to ``|w|``, so the first mask is the global magnitude mask) and computes
+    ``y = x (W ⊙ m)ᵀ + b`` with ``m`` the ``keep`` largest ``|s|`` over all layers together (each
+    layer's largest always kept, as in :func:`prune_linear_`). The mask is a step function, so the
+    straight-through estimator passes ``∂L/∂m`` to ``s``: ``∂L/∂s = W ⊙ ∂L/∂(W ⊙ m)``. While the
+    scores learn, the weights and biases are frozen (the paper's pruning phase); the scores have
+    their own SGD (:attr:`optimizer`: the run's momentum and weight decay, its lr set per step),
+    and the mask is recomputed after each step. :meth:`finalize` fixes the mask, zeroes the
+    pruned weights, drops the scores and unfreezes the model for adversarial fine-tuning.
+
+    The model state carries the scores while they learn, so a run resumes in the middle of the
+    score phase (the scores' momentum restarts).
+    """
+
+    def __init__(self, model: nn.Module, keep: int, momentum: float = 0.9,
+                 weight_decay: float = 0.0) -> None:
+        self.model, self.keep = model, int(keep)
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.optimizer: torch.optim.Optimizer | None = None
+        if self.active:  # resumed in the middle of the score phase
+            self._start()
+
+    @property
+    def layers(self) -> list[nn.Linear]:
+        return [layer for _, layer in linear_layers(self.model)]
+
+    @property
+    def active(self) -> bool:
+        """True while the scores learn (between :meth:`attach` and :meth:`finalize`)."""
+        return any(getattr(layer, SCORE, None) is not None for layer in self.layers)
+
+    @torch.no_grad()
+    def attach(self) -> None:
+        """Start the score phase: scores ``|w|`` (of the current, possibly pruned, weights)."""
+        for layer in self.layers:
+            w = layer.weight
+            score = w.detach().abs().clone()
+            if getattr(layer, MASK, None) is not None:
+                score.mul_(getattr(layer, MASK))
+            for buf, value in ((SCORE, score), (MASK, torch.ones_like(w))):
+                if getattr(layer, buf, None) is None:
+                    layer.register_buffer(buf, value)
+                else:
+                    getattr(layer, buf).copy_(value)
+            untrack_masked(layer)  # the dense weights must survive the score phase
+            _score_mode(layer, True)
+        self._start()
+        self.update_masks()
+
+    def _start(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        scores = [getattr(layer, SCORE).requires_grad_(True) for layer in self.layers]
+        self.optimizer = torch.optim.SGD(scores, lr=0.0, momentum=self.momentum,
+                                         weight_decay=self.weight_decay)
+
+    @torch.no_grad()
+    def update_masks(self) -> None:
+        """``m`` = the ``keep`` largest ``|s|`` over all layers (each layer's largest kept)."""
+        scores = []
+        for layer in self.layers:
+            s = getattr(layer, SCORE).detach().abs().float().flatten()
+            s[s.argmax()] = math.inf
+            scores.append(s)
+        for layer, chosen in zip(self.layers, _top_k(scores, self.keep), strict=True):
+            getattr(layer, MASK).copy_(chosen.reshape(layer.weight.shape))
+
+    @torch.no_grad()
+    def finalize(self) -> dict[str, int]:
+        """End the score phase: keep the current mask, zero the pruned weights, drop the scores,
+        unfreeze every parameter. Returns ``{layer name: weights kept}``."""
+        self.update_masks()
+        kept = {}
+        for name, layer in linear_layers(self.model):
+            delattr(layer, SCORE)
+            _score_mode(layer, False)
+            _rezero(layer)
+            track_masked(layer, _rezero)
+            kept[name] = int(getattr(layer, MASK).sum())
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.optimizer = None
+        return kept

@@ -169,15 +169,18 @@ class ConstraintConfig:
 
 @dataclass
 class PruneConfig:
-    """Magnitude pruning, ramped from ``start_epoch`` to ``end_epoch``.
+    """Pruning from ``start_epoch`` to ``end_epoch``; later epochs fine-tune.
 
-    Separable models prune factor entries (``target`` per factor, a linear ramp); dense models
-    prune ``nn.Linear`` weights (sstorch.baselines: a geometric ramp of the weights kept).
+    Separable models prune factor entries by magnitude (``target`` per factor, a linear ramp);
+    dense models prune ``nn.Linear`` weights (sstorch.baselines): by global magnitude with a
+    geometric ramp of the weights kept, or with HYDRA's learned scores.
     """
 
     target: float = 0.0  # final fraction of zeros (per factor / of the Linear weights); 0 = off
     keep: int | None = None  # dense only: Linear weights kept at the end (overrides target)
-    method: str = "magnitude"  # dense: global |w| (magnitude); hydra is reserved
+    # dense only: magnitude (global |w|, ramped) or hydra (scores learned by the adversarial
+    # loss in start_epoch..end_epoch with the weights frozen, then fine-tuning)
+    method: str = "magnitude"
     start_epoch: int = 1
     end_epoch: int = 1  # target reached at the end of this epoch; later epochs fine-tune
 
@@ -191,8 +194,8 @@ class PruneConfig:
         if self.keep is not None and self.keep < 1:
             raise ConfigError(f"prune.keep must be ≥ 1 or null, got {self.keep}")
         _choice(self.method, ("magnitude", "hydra"), "prune.method")
-        if self.method == "hydra":
-            raise ConfigError("prune.method=hydra is not implemented yet; use magnitude")
+        if self.method == "hydra" and not (self.target > 0 or self.keep is not None):
+            raise ConfigError("prune.method=hydra needs prune.keep or prune.target")
         if self.end_epoch < self.start_epoch:
             raise ConfigError("prune.end_epoch must be ≥ prune.start_epoch")
 

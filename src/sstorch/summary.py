@@ -126,7 +126,8 @@ class ModelSummary:
 
 
 def _effective_tensors(model: nn.Module) -> list[Tensor]:
-    """Every parameter, with separable factors replaced by their masked versions."""
+    """Every parameter, with separable factors and pruned Linear weights (``weight_mask``,
+    :mod:`sstorch.baselines`) replaced by their masked versions."""
     out: list[Tensor] = []
     seen: set[int] = set()
     for mod in model.modules():
@@ -134,6 +135,9 @@ def _effective_tensors(model: nn.Module) -> list[Tensor]:
             for p, eff in zip(mod.factors, mod.effective_factors(), strict=True):
                 seen.add(id(p))
                 out.append(eff.detach())
+        elif isinstance(mod, nn.Linear) and getattr(mod, "weight_mask", None) is not None:
+            seen.add(id(mod.weight))
+            out.append((mod.weight * mod.weight_mask).detach())
     for p in model.parameters():
         if id(p) not in seen:
             seen.add(id(p))
@@ -212,6 +216,9 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
         elif isinstance(mod, nn.Linear):
             params = sum(p.numel() for p in mod.parameters())
             nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
+            if getattr(mod, "weight_mask", None) is not None:  # pruned (sstorch.baselines)
+                nnz = int(torch.count_nonzero(mod.weight * mod.weight_mask)) + (
+                    0 if mod.bias is None else int(torch.count_nonzero(mod.bias)))
             layers.append(LayerSummary(name, "linear", f"{mod.in_features} → {mod.out_features}",
                                        params, nnz, params, mod.in_features * mod.out_features))
     tensors = _effective_tensors(model)

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from .attacks import FGSM, PGD, trades_adversary
 from .baselines import (
+    Hydra,
     LowRankLinear,
     TensorizedLinear,
     init_from_dense_,
@@ -291,8 +293,14 @@ def _prune(model: nn.Module, p: PruneConfig, frac: float) -> None:
         prune_factors(model, p.target * frac)
         return
     total = sum(layer.weight.numel() for _, layer in linear_layers(model))
-    final = p.keep if p.keep is not None else total - math.floor(p.target * total + 1e-9)
-    prune_linear_(model, keep=keep_schedule(total, min(final, total), frac))
+    prune_linear_(model, keep=keep_schedule(total, _final_keep(model, p), frac))
+
+
+def _final_keep(model: nn.Module, p: PruneConfig) -> int:
+    """Linear weights kept at the end: ``prune.keep``, else ``(1 − prune.target)`` of them."""
+    total = sum(layer.weight.numel() for _, layer in linear_layers(model))
+    return min(total, p.keep if p.keep is not None
+               else total - math.floor(p.target * total + 1e-9))
 
 
 def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
@@ -343,6 +351,13 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             _truncate_csv(run_dir / "metrics.csv", start_epoch)
         if d.main:
             log(f"resumed {run_dir} at epoch {start_epoch}")
+    hydra = None  # HYDRA: scores learn in epochs start..end_epoch (weights frozen), then fine-tune
+    if cfg.prune.method == "hydra":
+        if d.world > 1:
+            raise ValueError("prune.method=hydra runs in one process (its scores are not "
+                             "synchronised across ranks)")
+        hydra = Hydra(core, _final_keep(core, cfg.prune), cfg.optim.momentum,
+                      cfg.optim.weight_decay)
     eval_bs = cfg.data.eval_batch_size
     val_loader = (DataLoader(_shard(val_ds, d), eval_bs, num_workers=cfg.data.num_workers)
                   if val_ds is not None and len(val_ds) > 0 else None)
@@ -360,6 +375,10 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
 
     for epoch in range(start_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
+        if hydra is not None and epoch == cfg.prune.start_epoch and not hydra.active:
+            hydra.attach()
+        # the optimizer of this epoch: HYDRA's scores while they learn, else the model's
+        step_opt = hydra.optimizer if hydra is not None and hydra.active else opt
         model.train()
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -383,14 +402,23 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {epoch}; training stopped and {kept}. "
                     "Lower optim.lr or the constraint weights.")
-            opt.zero_grad(set_to_none=True)
+            step_opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if cfg.optim.grad_clip:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            scaler.step(opt)
+                scaler.unscale_(step_opt)
+                nn.utils.clip_grad_norm_(model.parameters() if step_opt is opt else
+                                         step_opt.param_groups[0]["params"], cfg.optim.grad_clip)
+            if step_opt is not opt:  # the scores follow the run's learning-rate schedule
+                step_opt.param_groups[0]["lr"] = sched.get_last_lr()[0]
+            scaler.step(step_opt)
             scaler.update()
-            sched.step()
+            if step_opt is not opt:
+                hydra.update_masks()
+                with warnings.catch_warnings():  # the model's optimizer rests on purpose
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    sched.step()
+            else:
+                sched.step()
             n = y.numel()
             sums[0] += loss.item() * n
             sums[1] += (logits.argmax(1) == y).sum().item()
@@ -401,7 +429,10 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
         loss_sum, adv_correct, n_seen = _all_sum(sums, device, d)
 
         p = cfg.prune
-        if p.enabled and p.start_epoch <= epoch:
+        if hydra is not None:
+            if epoch >= p.end_epoch and hydra.active:
+                hydra.finalize()
+        elif p.enabled and p.start_epoch <= epoch:
             _prune(core, p, min(1.0, (epoch - p.start_epoch + 1)
                                 / (p.end_epoch - p.start_epoch + 1)))
 
