@@ -190,3 +190,81 @@ def test_config_parses_and_trains(path: Path, tmp_path: Path) -> None:
         assert saved["constraints"][key] == value, key
     assert saved["attack"]["name"] == cfg.attack.name
     assert any("epoch 1" in line for line in logs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper-claims experiment (configs/paper-fmnist/, `sstorch sweep`): one recipe, the sizes
+# the issue asks for, and every row trains a few steps.
+
+PAPER_DIR = CONFIG_DIR / "paper-fmnist"
+PAPER_CONFIGS = sorted(p for p in PAPER_DIR.glob("*.yaml") if p.name != "sweep.yaml")
+
+
+def _paper_params(stem: str) -> int:
+    from sstorch.data import DATASET_INFO
+    from sstorch.models import build_model
+    from sstorch.summary import summary
+
+    cfg = load_config(PAPER_DIR / f"{stem}.yaml")
+    info = DATASET_INFO[cfg.data.name]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    return summary(model).total_params
+
+
+def test_paper_manifest_covers_every_row_with_three_seeds_for_rows_1_to_3() -> None:
+    from sstorch.sweep import load_manifest
+
+    m = load_manifest(PAPER_DIR)
+    assert {r.method for r in m.rows} == {p.stem for p in PAPER_CONFIGS}
+    seeds = {r.method: r.seeds for r in m.rows}
+    for method in ("dense-mlp", "sep-mlp-10x", "sep-mlp-200x"):
+        assert len(seeds[method]) >= 3, method
+    assert m.reference == "dense-mlp" and m.eval["pgd_steps"] == 50 and m.eval["n"] is None
+    assert str(m.csv) == "results/fashion_mnist.csv"
+
+
+def test_paper_rows_share_one_recipe() -> None:
+    ref = yaml.safe_load((PAPER_DIR / "dense-mlp.yaml").read_text())
+    for path in PAPER_CONFIGS:
+        raw = yaml.safe_load(path.read_text())
+        assert raw["name"] == path.stem
+        for key in ("epochs", "data", "attack", "optim", "eval", "out_dir"):
+            assert raw[key] == ref[key], f"{path.stem}: {key} differs from dense-mlp"
+
+
+def test_paper_row_sizes_match_the_issue() -> None:
+    ref = _paper_params("dense-mlp")
+    assert ref == 1_863_690  # 784-1024-1024-10
+    assert 9.0 <= ref / _paper_params("sep-mlp-10x") <= 11.0  # "≈10× fewer"
+    small = _paper_params("sep-mlp-200x")
+    assert ref / small >= 200
+    for stem in ("sep-mlp-200x-none", "sep-mlp-200x-sparsity", "sep-mlp-200x-cond"):
+        assert _paper_params(stem) == small
+        a = yaml.safe_load((PAPER_DIR / f"{stem}.yaml").read_text())
+        b = yaml.safe_load((PAPER_DIR / "sep-mlp-200x.yaml").read_text())
+        assert a["model"] == b["model"] and a["constraints"] != b["constraints"]
+    for stem in ("lowrank-mlp-200x", "tucker-mlp-200x", "tt-mlp-200x"):
+        assert 0.9 <= _paper_params(stem) / small <= 1.25, stem  # the same budget
+    prune = load_config(PAPER_DIR / "prune-mlp-200x.yaml")
+    biases = 1024 + 1024 + 10
+    assert 0.9 <= (prune.prune.keep + biases) / small <= 1.1
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
+def test_paper_config_trains(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    data_root = tmp_path / "data"
+    WRITERS[cfg.data.name](data_root)
+    overrides = shrink_overrides(cfg, data_root, tmp_path / "runs")
+    if cfg.init_from is not None:  # the pruning baseline starts from a trained dense run
+        dense = load_config(PAPER_DIR / "dense-mlp.yaml", overrides)
+        overrides.append(f"init_from={train(dense, log=lambda *a: None)}")
+    if cfg.prune.target > 0 or cfg.prune.keep is not None:
+        overrides += ["prune.start_epoch=1", "prune.end_epoch=1"]
+    run_dir = train(load_config(path, overrides), log=lambda *a: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if cfg.model.name == "mlp":  # shrink_overrides narrows VGG-16, never the MLPs
+        assert summary["params"] == _paper_params(path.stem)
+    assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
+    if cfg.prune.keep is not None:
+        assert summary["nnz"] <= cfg.prune.keep + 1024 + 1024 + 10
