@@ -142,3 +142,41 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
     (done / "sweep.json").unlink()
     assert main(["sweep", str(root), "--threads", "1"]) == 0
     assert "== train dense seed 0 (resumed)" in capsys.readouterr().out
+
+
+def _entry(method: str, accs: list[float]) -> dict:
+    n = len(accs)
+    mean = sum(accs) / n
+    return {"method": method, "seeds": list(range(n)),
+            "stats": {"autoattack_acc": (mean, 0.0), "clean_acc": (mean + 0.1, 0.0)}}
+
+
+def test_claims_are_checked_against_the_means():
+    from sstorch.sweep import render_claims
+
+    rows = [_entry("dense", [0.66, 0.68]), _entry("sep10", [0.655, 0.66]),
+            _entry("sep300", [0.56]), _entry("lowrank", [0.20]), _entry("prune", [0.58]),
+            _entry("none", [0.55])]
+    within = {"kind": "within", "method": "sep10", "reference": "dense", "points": 1.5}
+    assert "-1.25 points → **holds**" in render_claims([within], rows)
+    assert "**does not hold**" in render_claims([{**within, "points": 1.0}], rows)
+    assert "matches or beats" in render_claims([{**within, "method": "dense",
+                                                 "reference": "sep10"}], rows)
+    beats = {"kind": "beats", "method": "sep300", "others": ["lowrank", "prune"]}
+    text = render_claims([beats], rows)
+    assert "**beats 1 of 2**" in text and "+36.00 points → beats" in text
+    assert "-2.00 points → loses" in text
+    assert "**beats every one**" in render_claims([{**beats, "others": ["lowrank"]}], rows)
+    assert "**pending**" in render_claims([{**beats, "others": ["lowrank", "tt"]}], rows)
+    abl = {"kind": "ablation", "reference": "none", "others": ["sep300"], "metric": "clean_acc"}
+    assert "`sep300` 66.00 % (1 seed): +1.00 points" in render_claims([abl], rows)
+
+
+def test_claims_must_name_rows(tmp_path):
+    root = _write_sweep(tmp_path, ROWS, claims=[{"kind": "within", "method": "sep",
+                                                 "reference": "nope"}])
+    with pytest.raises(ValueError, match=r"names \['nope'\], not rows"):
+        load_manifest(root)
+    root = _write_sweep(tmp_path, ROWS, claims=[{"kind": "guess"}])
+    with pytest.raises(ValueError, match="needs kind one of"):
+        load_manifest(root)

@@ -48,6 +48,8 @@ CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "p
 DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
                   "eval_seconds", "machine", "date"]
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
+CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
+CLAIM_KINDS = {"within", "beats", "ablation"}
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Manifest:
     reference: str
     rows: list[Row]
     eval: dict[str, Any] = field(default_factory=dict)
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -95,7 +98,8 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         raise FileNotFoundError(f"{path} not found; a sweep directory holds sweep.yaml and one "
                                 "<method>.yaml per row (see configs/paper-fmnist/)")
     tree = yaml.safe_load(path.read_text()) or {}
-    known = {"out_dir", "csv", "details_csv", "figures", "markdown", "reference", "eval", "rows"}
+    known = {"out_dir", "csv", "details_csv", "figures", "markdown", "reference", "eval", "rows",
+             "claims"}
     if unknown := set(tree) - known:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
     rows = []
@@ -117,12 +121,20 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     if reference not in methods:
         raise ValueError(f"{path}: reference {reference!r} is not a row")
     ev = {"pgd_steps": 50, "pgd_restarts": 1, "n": None, **(tree.get("eval") or {})}
+    claims = list(tree.get("claims") or [])
+    for i, c in enumerate(claims):
+        kind = c.get("kind") if isinstance(c, dict) else None
+        if kind not in CLAIM_KINDS:
+            raise ValueError(f"{path}: claims[{i}] needs kind one of {sorted(CLAIM_KINDS)}")
+        named = [c.get("method"), c.get("reference"), *(c.get("others") or [])]
+        if missing := [n for n in named if n is not None and n not in methods]:
+            raise ValueError(f"{path}: claims[{i}] names {missing}, not rows")
     return Manifest(root=root, out_dir=Path(tree.get("out_dir", "runs/sweep")),
                     csv=Path(tree.get("csv", "results/sweep.csv")),
                     details_csv=Path(tree.get("details_csv", "results/sweep_details.csv")),
                     figures=Path(tree.get("figures", "results/figures")),
                     markdown=Path(tree["markdown"]) if tree.get("markdown") else None,
-                    reference=reference, rows=rows, eval=ev)
+                    reference=reference, rows=rows, eval=ev, claims=claims)
 
 
 def jobs(m: Manifest) -> list[Job]:
@@ -361,6 +373,83 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown bullets that check one manifest claim against the measured means.
+
+    ``within``: ``method`` is at most ``points`` below ``reference`` on ``metric`` (the
+    paper's "< 1.5 % loss"); ``beats``: ``method`` is above every one of ``others``;
+    ``ablation``: each of ``others`` relative to ``reference`` (the no-constraint variant).
+    """
+    metric = claim.get("metric", "autoattack_acc")
+    label = {"autoattack_acc": "AutoAttack", "pgd50_acc": "PGD-50",
+             "clean_acc": "clean"}.get(metric, metric)
+
+    def stat(name: str) -> tuple[float, int] | None:
+        e = by_method.get(name)
+        return None if e is None else (100 * e["stats"][metric][0], len(e["seeds"]))
+
+    def fmt(name: str) -> str:
+        v = stat(name)
+        return f"`{name}` pending" if v is None else f"`{name}` {v[0]:.2f} % ({v[1]} seed" \
+            f"{'s' if v[1] > 1 else ''})"
+
+    kind = claim["kind"]
+    if kind == "within":
+        a, b, pts = claim["method"], claim["reference"], float(claim.get("points", 1.5))
+        va, vb = stat(a), stat(b)
+        if va is None or vb is None:
+            return [f"- {label}: {fmt(a)} vs {fmt(b)}: **pending**"]
+        d = va[0] - vb[0]
+        verdict = ("**holds, and matches or beats the reference**" if d >= 0 else
+                   "**holds**" if d >= -pts else "**does not hold**")
+        return [f"- {label}: {fmt(a)} vs {fmt(b)}: {d:+.2f} points → {verdict} "
+                f"(bar: at most {pts:g} points below)"]
+    if kind == "beats":
+        a = claim["method"]
+        lines, wins, pending = [], 0, 0
+        for o in claim.get("others", []):
+            va, vo = stat(a), stat(o)
+            if va is None or vo is None:
+                pending += 1
+                lines.append(f"  - vs {fmt(o)}: pending")
+                continue
+            d = va[0] - vo[0]
+            wins += d > 0
+            lines.append(f"  - vs {fmt(o)}: {d:+.2f} points → {'beats' if d > 0 else 'loses'}")
+        n = len(claim.get("others", []))
+        verdict = ("**pending**" if pending and wins == n - pending else
+                   "**beats every one**" if wins == n else f"**beats {wins} of {n}**")
+        return [f"- {label}: {fmt(a)} against each baseline: {verdict}", *lines]
+    ref = claim["reference"]
+    lines = [f"- {label}, relative to {fmt(ref)}:"]
+    for o in claim.get("others", []):
+        vr, vo = stat(ref), stat(o)
+        delta = "pending" if vr is None or vo is None else f"{vo[0] - vr[0]:+.2f} points"
+        lines.append(f"  - {fmt(o)}: {delta}")
+    return lines
+
+
+def render_claims(claims: Sequence[dict[str, Any]], summary_rows: Sequence[dict[str, Any]]
+                  ) -> str:
+    """The manifest's claims checked against the table (markdown bullets)."""
+    by_method = {e["method"]: e for e in summary_rows}
+    lines = []
+    for c in claims:
+        if c.get("title"):
+            lines.append(f"**{c['title']}**\n")
+        lines += _claim_lines(c, by_method)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _replace_section(text: str, begin: str, end: str, body: str) -> str:
+    if begin not in text or end not in text:
+        return text
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{body}{end}{tail}"
+
+
 def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
     import matplotlib
 
@@ -424,11 +513,9 @@ def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
     table = render_table(summary_rows)
     _plots(summary_rows, m.figures)
     if m.markdown is not None and m.markdown.is_file():
-        text = m.markdown.read_text()
-        if TABLE_BEGIN in text and TABLE_END in text:
-            head, rest = text.split(TABLE_BEGIN, 1)
-            _, tail = rest.split(TABLE_END, 1)
-            m.markdown.write_text(f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}")
+        text = _replace_section(m.markdown.read_text(), TABLE_BEGIN, TABLE_END, table)
+        claims = render_claims(m.claims, summary_rows)
+        m.markdown.write_text(_replace_section(text, CLAIMS_BEGIN, CLAIMS_END, claims))
     log(f"{len(rows)} runs → {m.csv}, {m.details_csv}, {m.figures}/")
     return table
 
