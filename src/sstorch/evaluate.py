@@ -552,9 +552,21 @@ def _batch_size(device: torch.device, image_shape: Sequence[int]) -> int:
     return (4096 if small else 256) if device.type == "cuda" else (1000 if small else 64)
 
 
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def _machine(device: torch.device) -> str:
     what = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
+            else f"CPU {_cpu_name()} ({os.cpu_count()} cores), torch threads "
+                 f"{torch.get_num_threads()}")
     return f"{what}; {platform.system()} {platform.release()}; torch {torch.__version__}"
 
 

@@ -344,6 +344,8 @@ def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
         lk = d.get("log10_kappa_fc")
         e["vals"].setdefault("log10_kappa", []).append(math.nan if lk is None else float(lk))
         e["vals"].setdefault("sanity", []).append(f"{d['sanity_passed']}/{d['sanity_total']}")
+        e["vals"].setdefault("eval_seconds", []).append(float(d["eval_seconds"]))
+        e.setdefault("machines", set()).add(d.get("machine") or "?")
         e.setdefault("sweeps", []).append(d.get("eps_sweep") or [])
     for e in out.values():
         e["stats"] = {k: _mean_std(v) for k, v in e["vals"].items() if k != "sanity"}
@@ -358,8 +360,8 @@ def _fmt_acc(ms: tuple[float, float], n: int) -> str:
 def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
     """The markdown results table (accuracies in %, mean ± std over seeds)."""
     head = ("| method | seeds | params | nnz | compression | clean % | PGD-50 % | AutoAttack % "
-            "| log10 κ(FC) | sanity | train s |")
-    lines = [head, "|" + "---|" * 11]
+            "| log10 κ(FC) | sanity | train s | eval s |")
+    lines = [head, "|" + "---|" * 12]
     for e in summary_rows:
         s, n = e["stats"], len(e["seeds"])
         kappa = s["log10_kappa"][0]
@@ -369,7 +371,11 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
             f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
             f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
             f"| {kappa_text} | {', '.join(e['vals']['sanity'])} "
-            f"| {s['train_seconds'][0]:.0f} |")
+            f"| {s['train_seconds'][0]:.0f} | {s['eval_seconds'][0]:.0f} |")
+    machines = sorted({m for e in summary_rows for m in e.get("machines", ())})
+    lines += ["", "Seconds are means per run (training: Σ epoch wall time incl. per-epoch "
+              "validation; evaluation: everything of `sstorch eval` incl. AutoAttack, ε sweep "
+              "and sanity checks). Machine: " + "; ".join(machines) + "."]
     return "\n".join(lines) + "\n"
 
 
