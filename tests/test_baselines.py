@@ -516,3 +516,37 @@ def test_paper_baseline_configs(stem, params, nnz):
         prune_linear_(model, keep=keep_schedule(total, cfg.prune.keep, 1.0))
     assert _nnz(model) == nnz
     assert math.isclose(DENSE_PARAMS / nnz, 304.4, rel_tol=0.15)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_a_separable_model_starts_from_a_dense_run_by_nearest_kronecker(tmp_path, dense_run,
+                                                                          rank):
+    """Compress-then-fine-tune: each separable layer gets the best rank-R Kronecker sum of the
+    dense weight (Van Loan–Pitsianis + SVD), biases and everything else copied."""
+    from sstorch.kronecker import nearest_kronecker
+
+    sets = _digits(tmp_path, f"sep{rank}", model__separable="true", model__rank=rank)
+    cfg = load_config(None, sets)
+    info = DATASET_INFO["digits"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    note = _init_from(model, str(dense_run))
+    assert "net.1 ← nearest Kronecker sum (relative error" in note
+    _, dense, _, _ = load_run(dense_run)
+    w = dense.net[1].weight.detach().double()
+    _, err = nearest_kronecker(w, (8, 8), (8, 8), rank=rank)
+    approx = model.net[1].to_dense().detach().double()
+    rel = float(torch.linalg.norm(approx - w) / torch.linalg.norm(w))
+    assert 0 < rel < 1 and rel == pytest.approx(err, rel=1e-4)
+    torch.testing.assert_close(model.net[1].bias, dense.net[1].bias)
+    torch.testing.assert_close(model.net[3].weight, dense.net[3].weight)  # the dense head
+    run = train(load_config(None, [*sets, f"init_from={dense_run}"]), log=lambda msg: None)
+    assert json.loads((run / "summary.json").read_text())["separable"] is True
+
+
+def test_separable_from_dense_refuses_a_different_architecture(tmp_path, dense_run):
+    sets = _digits(tmp_path, "sep", model__separable="true", model__hidden="[[4,4]]")
+    cfg = load_config(None, sets)
+    info = DATASET_INFO["digits"]
+    model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+    with pytest.raises(ConfigError, match=r"dense weight \(64, 64\) does not fit .* 16×64"):
+        _init_from(model, str(dense_run))

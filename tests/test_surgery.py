@@ -612,3 +612,25 @@ def test_separated_vit_trains_one_sgd_step():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with torch.no_grad():
         assert torch.isfinite(model(x)).all()
+
+
+def test_load_dense_recovers_an_exact_kronecker_sum_and_names_misfits():
+    from sstorch.kronecker import kron_sum
+    from sstorch.surgery import load_dense_
+
+    g = torch.Generator().manual_seed(0)
+    factors = [torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 6, generator=g)]
+    w = kron_sum(factors)  # (15, 24), an exact rank-2 Kronecker sum
+    model = nn.Sequential(nn.Flatten(), SeparableLinear((4, 6), (3, 5), rank=2, flatten=True),
+                          nn.ReLU(), nn.Linear(15, 2))
+    state = {"1.weight": w, "1.bias": torch.randn(15, generator=g),
+             "3.weight": torch.randn(2, 15, generator=g), "3.bias": torch.zeros(2)}
+    errors = load_dense_(model, state)
+    assert list(errors) == ["1"] and errors["1"] < 1e-6
+    torch.testing.assert_close(model[1].to_dense().detach(), w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model[1].bias.detach(), state["1.bias"])
+    torch.testing.assert_close(model[3].weight.detach(), state["3.weight"])
+    with pytest.raises(ValueError, match=r"1: dense weight \(15, 20\) does not fit"):
+        load_dense_(model, {**state, "1.weight": torch.randn(15, 20)})
+    with pytest.raises(ValueError, match=r"missing 3\.bias"):
+        load_dense_(model, {k: v for k, v in state.items() if k != "3.bias"})

@@ -30,8 +30,8 @@ from torch.overrides import TorchFunctionMode
 
 from .separable import SeparableLinear
 
-__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "plan_shapes", "probe_mode",
-           "separate"]
+__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "load_dense_", "plan_shapes",
+           "probe_mode", "separate"]
 
 
 @dataclass(frozen=True)
@@ -383,3 +383,53 @@ def densify(model: nn.Module) -> nn.Module:
     for name, sep in targets:
         _set_submodule(model, name, convert(sep))
     return model
+
+
+def load_dense_(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, float]:
+    """Initialize a separable ``model`` from the ``state_dict`` of its **dense** counterpart.
+
+    Every :class:`SeparableLinear` named ``name`` whose dense ``name.weight`` ``(M, N)`` is in
+    ``state_dict`` gets the nearest Kronecker sum of its rank,
+    ``argmin ‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F`` (:func:`sstorch.kronecker.nearest_kronecker`),
+    and the dense bias; every other entry (normalization, the dense layers left) must match the
+    model exactly. Compress-then-fine-tune: train the result adversarially afterwards.
+
+    Returns:
+        ``{layer name: relative Frobenius error ‖W − Ŵ‖_F / ‖W‖_F}``.
+
+    Raises:
+        ValueError: a dense weight of the wrong size, or keys missing from / unknown to
+        ``model``.
+    """
+    from .kronecker import nearest_kronecker
+
+    state = dict(state_dict)
+    errors: dict[str, float] = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, SeparableLinear) or f"{name}.weight" not in state:
+            continue
+        w = state.pop(f"{name}.weight")
+        bias = state.pop(f"{name}.bias", None)
+        if tuple(w.shape) != (layer.out_features, layer.in_features):
+            raise ValueError(f"{name}: dense weight {tuple(w.shape)} does not fit the separable "
+                             f"layer's {layer.out_features}×{layer.in_features}")
+        factors, err = nearest_kronecker(w.to(torch.float64), layer.in_shape, layer.out_shape,
+                                         rank=layer.rank)
+        with torch.no_grad():
+            for p, f in zip(layer.factors, factors, strict=True):
+                p.copy_(f.to(p.dtype))
+            if bias is not None and layer.bias is not None:
+                layer.bias.copy_(bias.reshape(layer.bias.shape))
+        errors[name] = float(err)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(" ".join(str(exc).split())) from exc
+    missing = [k for k in result.missing_keys
+               if not any(k.startswith(f"{n}.") for n in errors)]
+    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}"
+                                                    for k in result.unexpected_keys]
+    if problems:
+        raise ValueError(f"{len(problems)} keys do not match the model: "
+                         f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}")
+    return errors

@@ -49,6 +49,7 @@ from .data import DATASET_INFO, build_datasets, canonical_name
 from .models import build_model
 from .separable import SeparableLinear
 from .summary import summary
+from .surgery import load_dense_
 
 __all__ = ["TrainingDiverged", "evaluate", "train"]
 
@@ -254,8 +255,9 @@ def _init_from(model: nn.Module, target: str) -> str:
     ``.safetensors`` checkpoint into ``model``; the optimizer, epoch and RNG start afresh.
 
     A baseline model (``model.baseline``) can start from a dense run: each dense Linear weight is
-    decomposed into its layer (:func:`sstorch.baselines.init_from_dense_`). Returns a note for
-    the log.
+    decomposed into its layer (:func:`sstorch.baselines.init_from_dense_`); so can a separable
+    one, each layer getting the nearest Kronecker sum of its rank
+    (:func:`sstorch.surgery.load_dense_`). Returns a note for the log.
     """
     path = Path(target)
     if path.is_dir():
@@ -274,6 +276,13 @@ def _init_from(model: nn.Module, target: str) -> str:
             errors = init_from_dense_(model, load_weights(ckpt))
             return f"initialized from {ckpt}" + "".join(
                 f"; {n} decomposed (relative error {e:.3f})" for n, e in errors.items())
+        separable = [n for n, m in model.named_modules() if isinstance(m, SeparableLinear)]
+        weights = load_weights(ckpt) if separable else {}
+        if any(f"{n}.weight" in weights for n in separable):  # a dense run: compress it
+            errors = load_dense_(model, weights)
+            return f"initialized from {ckpt}" + "".join(
+                f"; {n} ← nearest Kronecker sum (relative error {e:.3f})"
+                for n, e in errors.items())
         load_checkpoint(ckpt, model, restore_rng=False, strict=True)
     except (CheckpointError, ValueError) as exc:
         raise ConfigError(f"init_from={target!r}: its weights do not fit this model (the model "
