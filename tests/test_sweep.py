@@ -180,3 +180,25 @@ def test_claims_must_name_rows(tmp_path):
     root = _write_sweep(tmp_path, ROWS, claims=[{"kind": "guess"}])
     with pytest.raises(ValueError, match="needs kind one of"):
         load_manifest(root)
+
+
+def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsys):
+    root = _write_sweep(tmp_path / "s", ROWS)
+    bad = yaml.safe_load((root / "sep.yaml").read_text())
+    bad["optim"]["lr"] = 1e30  # diverges: the run stops with TrainingDiverged
+    (root / "sep.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep,dense"]) == 1
+    out = capsys.readouterr()
+    assert "!! sep seed 0 failed: TrainingDiverged" in out.out
+    assert "call the command again to retry them" in out.err
+    error = (root / "runs" / "sep" / "seed0" / "sweep-error.txt").read_text()
+    assert error.startswith("TrainingDiverged:")
+    for seed in (0, 1):  # the dense jobs, queued around the failure, still ran
+        assert (root / "runs" / "dense" / f"seed{seed}" / "sweep.json").is_file()
+    assert main(["sweep", str(root), "--only", "nope"]) == 1
+    assert "--only names ['nope'], not rows" in capsys.readouterr().err
+    bad["optim"]["lr"] = 0.01  # fixed: the next call retries only the failed job
+    (root / "sep.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep"]) == 0
+    assert not (root / "runs" / "sep" / "seed0" / "sweep-error.txt").exists()
+    assert "== train dense" not in capsys.readouterr().out

@@ -526,12 +526,23 @@ def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
     return table
 
 
-def _work(m: Manifest, log: Callable[[str], None]) -> int:
-    """Run every job this worker can take; returns the number of jobs left undone."""
+def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None) -> int:
+    """Run every job this worker can take; returns the number of jobs left undone.
+
+    A job that raises (a diverged run, a bad config) is logged to ``run_dir/sweep-error.txt``
+    and skipped for the rest of this call, so one failure does not stop the sweep; the next
+    call retries it.
+    """
+    failed: set[Path] = set()
+
+    def todo() -> list[Job]:
+        return [j for j in jobs(m) if not j.evaluated and j.run_dir not in failed
+                and (only is None or j.method in only)]
+
     while True:
-        pending = [j for j in jobs(m) if not j.evaluated]
+        pending = todo()
         if not pending:
-            return 0
+            return len(failed)
         took = False
         for job in pending:
             if job.init_from is not None and not (job.init_from / "summary.json").is_file():
@@ -541,17 +552,23 @@ def _work(m: Manifest, log: Callable[[str], None]) -> int:
                 continue
             try:
                 if not job.evaluated:
-                    run_job(job, m, log)
                     took = True
+                    run_job(job, m, log)
+                (job.run_dir / "sweep-error.txt").unlink(missing_ok=True)
+            except Exception as exc:  # recorded, reported, retried by the next call
+                failed.add(job.run_dir)
+                (job.run_dir / "sweep-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
+                log(f"!! {job.method} seed {job.seed} failed: {type(exc).__name__}: {exc} "
+                    f"(kept in {job.run_dir / 'sweep-error.txt'}; the next call retries it)")
             finally:
                 lock.unlink(missing_ok=True)
             write_report(m, log)
             break
         if not took:
-            waiting = [j for j in jobs(m) if not j.evaluated]
+            waiting = todo()
             busy = [j for j in waiting if (j.run_dir / ".lock").is_file()]
             if not busy:
-                return len(waiting)
+                return len(waiting) + len(failed)
             time.sleep(30)  # others hold the remaining jobs or their dependencies
 
 
@@ -569,8 +586,16 @@ def main_sweep(argv: list[str]) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the CSV, plots and table from finished runs")
     p.add_argument("--list", action="store_true", help="print the jobs and their state")
+    p.add_argument("--only", default=None, metavar="METHODS",
+                   help="comma-separated methods to run (default: every row)")
     args = p.parse_args(argv)
     m = load_manifest(args.directory)
+    only = None
+    if args.only:
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        if unknown := only - {r.method for r in m.rows}:
+            raise ValueError(f"--only names {sorted(unknown)}, not rows of "
+                             f"{args.directory}/sweep.yaml")
     if args.list:
         for j in jobs(m):
             state = "done" if j.evaluated else "trained" if j.trained else "pending"
@@ -588,21 +613,20 @@ def main_sweep(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(threads)
-        left = _work(m, print)
+        left = _work(m, print, only)
     else:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        procs = [subprocess.Popen([sys.executable, "-m", "sstorch", "sweep", args.directory,
-                                   "--threads", str(threads)], env=env)
-                 for _ in range(args.workers)]
-        codes = [proc.wait() for proc in procs]
-        if any(codes):
-            print(f"sstorch sweep: a worker failed (exit codes {codes})", file=sys.stderr)
-            return 1
-        left = len([j for j in jobs(m) if not j.evaluated])
+        cmd = [sys.executable, "-m", "sstorch", "sweep", args.directory, "--threads",
+               str(threads), *(["--only", args.only] if args.only else [])]
+        procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
+        for proc in procs:
+            proc.wait()
+        left = len([j for j in jobs(m) if not j.evaluated and (only is None or j.method in only)])
     table = write_report(m)
     if table:
         print(table)
     if left:
-        print(f"{left} job(s) could not run (a dependency failed?); see above", file=sys.stderr)
+        print(f"{left} job(s) failed or could not run (see sweep-error.txt in their run "
+              "directories); call the command again to retry them", file=sys.stderr)
         return 1
     return 0
