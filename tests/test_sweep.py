@@ -80,9 +80,11 @@ def test_missing_manifest(tmp_path):
 
 def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
     lock = _try_lock(tmp_path / "a")
-    assert lock is not None and lock.read_text() == str(os.getpid())
+    assert lock is not None and lock.read_text().split()[0] == str(os.getpid())
     assert _try_lock(tmp_path / "a") is None  # held by a live process (this one)
     lock.write_text("999999999")  # a worker that died
+    assert _try_lock(tmp_path / "a") is not None
+    lock.write_text(f"{os.getpid()} some-earlier-boot")  # same pid, but before a reboot
     assert _try_lock(tmp_path / "a") is not None
 
 

@@ -159,8 +159,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _boot_id() -> str:
+    """This boot's id (Linux), so a lock from before a reboot never looks alive."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _try_lock(run_dir: Path) -> Path | None:
-    """Create ``run_dir/.lock`` exclusively (taking over a dead worker's); None if held."""
+    """Create ``run_dir/.lock`` exclusively (taking over a dead worker's); None if held.
+
+    The lock holds ``"<pid> <boot id>"``; it is stale when that process is gone or the machine
+    has rebooted since (a new process may then have the same pid).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / ".lock"
     for _ in range(2):
@@ -168,14 +180,15 @@ def _try_lock(run_dir: Path) -> Path | None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                pid = int(lock.read_text().strip() or 0)
+                pid_text, _, boot = lock.read_text().strip().partition(" ")
+                pid = int(pid_text or 0)
             except (OSError, ValueError):
-                pid = 0
-            if pid and _pid_alive(pid):
+                pid, boot = 0, ""
+            if pid and _pid_alive(pid) and boot in ("", _boot_id()):
                 return None
             lock.unlink(missing_ok=True)  # stale: its worker died
             continue
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, f"{os.getpid()} {_boot_id()}".strip().encode())
         os.close(fd)
         return lock
     return None
