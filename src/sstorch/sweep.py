@@ -50,6 +50,7 @@ DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_t
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
 CLAIM_KINDS = {"within", "beats", "ablation"}
+KAPPA_RULE = "float64, rank tolerance max(m,n)·eps"  # how log10_kappa_fc was computed
 
 
 @dataclass
@@ -219,7 +220,7 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
                                    "restarts": int(ev["pgd_restarts"])}}, log=log)
         record = {"method": job.method, "seed": job.seed, "eval": dict(ev),
                   "eval_seconds": time.perf_counter() - t0, "robust_acc": result["robust_acc"],
-                  "log10_kappa_fc": log10_kappa_fc(job.run_dir)}
+                  "log10_kappa_fc": log10_kappa_fc(job.run_dir), "kappa_rule": KAPPA_RULE}
         tmp = job.run_dir / "sweep.json.tmp"
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, job.run_dir / "sweep.json")
@@ -249,7 +250,9 @@ def fc_matrices(model: Any) -> list[tuple[str, Any]]:
 def log10_kappa_fc(run_dir: Path) -> float:
     """``log10 Π_layers κ(W_l)``, κ = σ_max/σ_min over the min(m, n) singular values.
 
-    ``inf`` when some W is rank-deficient (e.g. a rank-r factorization with r < min(m, n)).
+    ``inf`` when some W is numerically rank-deficient (e.g. a rank-r factorization with
+    r < min(m, n)): ``σ_min ≤ σ_max · max(m, n) · ε_float64``, the usual numerical-rank tolerance
+    (W is formed and decomposed in float64).
     """
     import torch
 
@@ -260,7 +263,7 @@ def log10_kappa_fc(run_dir: Path) -> float:
     with torch.no_grad():
         for _, w in fc_matrices(model):
             sv = torch.linalg.svdvals(w.detach().double())
-            if sv[-1] <= sv[0] * torch.finfo(torch.float32).eps:
+            if sv[-1] <= sv[0] * max(w.shape) * torch.finfo(torch.float64).eps:
                 return math.inf
             total += math.log10(float(sv[0] / sv[-1]))
     return total
@@ -293,8 +296,8 @@ def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
-        if "log10_kappa_fc" not in sw:  # written by an older sstorch: add it once
-            sw["log10_kappa_fc"] = log10_kappa_fc(job.run_dir)
+        if sw.get("kappa_rule") != KAPPA_RULE:  # written by an older sstorch: redo it once
+            sw["log10_kappa_fc"], sw["kappa_rule"] = log10_kappa_fc(job.run_dir), KAPPA_RULE
             tmp = job.run_dir / "sweep.json.tmp"
             tmp.write_text(json.dumps(sw, indent=2) + "\n")
             os.replace(tmp, job.run_dir / "sweep.json")
