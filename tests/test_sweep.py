@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sstorch.cli import main
@@ -204,3 +205,18 @@ def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsy
     assert main(["sweep", str(root), "--threads", "1", "--only", "sep"]) == 0
     assert not (root / "runs" / "sep" / "seed0" / "sweep-error.txt").exists()
     assert "== train dense" not in capsys.readouterr().out
+
+
+def test_fc_matrices_cover_every_kind_of_fc_layer():
+    from torch import nn
+
+    from sstorch.baselines import LowRankLinear
+    from sstorch.separable import SeparableLinear
+    from sstorch.sweep import fc_matrices
+
+    model = nn.Sequential(nn.Flatten(), SeparableLinear((2, 3), (4, 2), flatten=True),
+                          LowRankLinear(8, 5, rank=1), nn.Linear(5, 3))
+    mats = dict(fc_matrices(model))
+    assert list(mats) == ["1", "2", "3"]
+    assert [tuple(w.shape) for w in mats.values()] == [(8, 6), (5, 8), (3, 5)]
+    assert int(torch.linalg.matrix_rank(mats["2"].detach())) == 1  # W = A B of rank 1

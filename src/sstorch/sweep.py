@@ -50,7 +50,7 @@ DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_t
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
 CLAIM_KINDS = {"within", "beats", "ablation"}
-KAPPA_RULE = "float64, rank tolerance max(m,n)·eps"  # how log10_kappa_fc was computed
+KAPPA_RULE = "float64, rank tolerance max(m,n)·eps; baselines"  # how log10_kappa_fc was computed
 
 
 @dataclass
@@ -230,20 +230,19 @@ def fc_matrices(model: Any) -> list[tuple[str, Any]]:
     """``(name, W)`` of every fully-connected layer as the dense matrix it applies.
 
     Separable layers give ``Σ_r ⊗_k U_k[r]`` (their ``to_dense``), ``nn.Linear`` its weight,
-    and any other layer exposing ``dense_weight()`` (the baselines) that matrix.
+    and the baseline layers (low-rank ``A B``, tensorly-torch Tucker / TT) their ``to_dense``.
     """
     from torch import nn
 
+    from .baselines import LowRankLinear, TensorizedLinear
     from .separable import SeparableLinear
 
     out = []
     for name, mod in model.named_modules():
-        if isinstance(mod, SeparableLinear):
+        if isinstance(mod, (SeparableLinear, LowRankLinear, TensorizedLinear)):
             out.append((name, mod.to_dense()))
         elif isinstance(mod, nn.Linear):
             out.append((name, mod.weight))
-        elif callable(getattr(mod, "dense_weight", None)):
-            out.append((name, mod.dense_weight()))
     return out
 
 
