@@ -439,7 +439,8 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
             lines.append(f"  - vs {fmt(o)}: {d:+.2f} points → {'beats' if d > 0 else 'loses'}")
         n = len(claim.get("others", []))
         verdict = ("**pending**" if pending and wins == n - pending else
-                   "**beats every one**" if wins == n else f"**beats {wins} of {n}**")
+                   "**beats every one**" if wins == n else
+                   f"**beats {wins} of {n}**" + (f" ({pending} pending)" if pending else ""))
         return [f"- {label}: {fmt(a)} against each baseline: {verdict}", *lines]
     ref = claim["reference"]
     lines = [f"- {label}, relative to {fmt(ref)}:"]
