@@ -198,11 +198,11 @@ def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsy
     assert error.startswith("TrainingDiverged:")
     for seed in (0, 1):  # the dense jobs, queued around the failure, still ran
         assert (root / "runs" / "dense" / f"seed{seed}" / "sweep.json").is_file()
-    assert main(["sweep", str(root), "--only", "nope"]) == 1
-    assert "--only names ['nope'], not rows" in capsys.readouterr().err
+    assert main(["sweep", str(root), "--only", "nope,dense:7"]) == 1
+    assert "--only names ['dense:7', 'nope'], neither rows nor" in capsys.readouterr().err
     bad["optim"]["lr"] = 0.01  # fixed: the next call retries only the failed job
     (root / "sep.yaml").write_text(yaml.safe_dump(bad))
-    assert main(["sweep", str(root), "--threads", "1", "--only", "sep"]) == 0
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep:0"]) == 0
     assert not (root / "runs" / "sep" / "seed0" / "sweep-error.txt").exists()
     assert "== train dense" not in capsys.readouterr().out
 
@@ -220,3 +220,36 @@ def test_fc_matrices_cover_every_kind_of_fc_layer():
     assert list(mats) == ["1", "2", "3"]
     assert [tuple(w.shape) for w in mats.values()] == [(8, 6), (5, 8), (3, 5)]
     assert int(torch.linalg.matrix_rank(mats["2"].detach())) == 1  # W = A B of rank 1
+
+
+def test_only_selects_methods_or_single_seeds(tmp_path):
+    from sstorch.sweep import selected
+
+    m = load_manifest(_write_sweep(tmp_path, ROWS))
+    picked = lambda only: [(j.method, j.seed) for j in jobs(m) if selected(j, only)]  # noqa: E731
+    assert picked(None) == [("dense", 0), ("sep", 0), ("dense", 1)]
+    assert picked({"dense"}) == [("dense", 0), ("dense", 1)]
+    assert picked({"dense:1", "sep"}) == [("sep", 0), ("dense", 1)]
+
+
+def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
+    from sstorch.sweep import device_label, render_table, summarize
+
+    cpu = "CPU AMD EPYC (2 cores), torch threads 1; Linux 6.1; torch 2.14.1"
+    gpu = "NVIDIA H200; Linux 6.18; torch 2.11.0"
+    assert device_label(cpu) == "CPU" and device_label(gpu) == "NVIDIA H200"
+    assert device_label(None) == "?"
+
+    def run(seed: int, machine: str, train_s: float) -> tuple[dict, dict]:
+        row = {"method": "dense", "params": 10, "nnz": 10, "compression": 1.0, "seed": seed,
+               "clean_acc": 0.8, "pgd50_acc": 0.7, "autoattack_acc": 0.6,
+               "train_seconds": train_s}
+        detail = {"log10_kappa_fc": 1.0, "sanity_passed": 6, "sanity_total": 6,
+                  "eval_seconds": train_s / 2, "machine": machine}
+        return row, detail
+
+    runs = [run(0, cpu, 1000.0), run(1, gpu, 40.0), run(2, gpu, 60.0)]
+    table = render_table(summarize([r for r, _ in runs], [d for _, d in runs]))
+    assert "| 1000 (CPU, 1) / 50 (NVIDIA H200, 2) | 500 (CPU, 1) / 25 (NVIDIA H200, 2) |" in table
+    one = render_table(summarize([runs[0][0]], [runs[0][1]]))
+    assert "| 1000 | 500 |" in one

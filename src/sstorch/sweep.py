@@ -361,10 +361,30 @@ def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
         e["vals"].setdefault("sanity", []).append(f"{d['sanity_passed']}/{d['sanity_total']}")
         e["vals"].setdefault("eval_seconds", []).append(float(d["eval_seconds"]))
         e.setdefault("machines", set()).add(d.get("machine") or "?")
+        e["vals"].setdefault("device", []).append(device_label(d.get("machine")))
         e.setdefault("sweeps", []).append(d.get("eps_sweep") or [])
     for e in out.values():
-        e["stats"] = {k: _mean_std(v) for k, v in e["vals"].items() if k != "sanity"}
+        e["stats"] = {k: _mean_std(v) for k, v in e["vals"].items()
+                      if k not in ("sanity", "device")}
     return list(out.values())
+
+
+def device_label(machine: str | None) -> str:
+    """``"CPU"`` or the GPU's name, from the ``machine`` string that ``sstorch eval`` records."""
+    first = (machine or "?").split(";")[0].strip()
+    return "CPU" if first.startswith("CPU") else first
+
+
+def _fmt_seconds(e: dict[str, Any], key: str) -> str:
+    """Mean seconds over seeds, one mean per device when seeds ran on different devices."""
+    devices = e["vals"]["device"]
+    if len(set(devices)) == 1:
+        return f"{e['stats'][key][0]:.0f}"
+    parts = []
+    for dev in dict.fromkeys(devices):
+        vals = [v for v, d in zip(e["vals"][key], devices, strict=True) if d == dev]
+        parts.append(f"{_fmean(vals):.0f} ({dev}, {len(vals)})")
+    return " / ".join(parts)
 
 
 def _fmt_acc(ms: tuple[float, float], n: int) -> str:
@@ -386,11 +406,12 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
             f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
             f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
             f"| {kappa_text} | {', '.join(e['vals']['sanity'])} "
-            f"| {s['train_seconds'][0]:.0f} | {s['eval_seconds'][0]:.0f} |")
+            f"| {_fmt_seconds(e, 'train_seconds')} | {_fmt_seconds(e, 'eval_seconds')} |")
     machines = sorted({m for e in summary_rows for m in e.get("machines", ())})
     lines += ["", "Seconds are means per run (training: Σ epoch wall time incl. per-epoch "
               "validation; evaluation: everything of `sstorch eval` incl. AutoAttack, ε sweep "
-              "and sanity checks). Machine: " + "; ".join(machines) + "."]
+              "and sanity checks); where a row's seeds ran on different devices, one mean per "
+              "device (device, seeds). Machines: " + "; ".join(machines) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -542,6 +563,11 @@ def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
     return table
 
 
+def selected(job: Job, only: set[str] | None) -> bool:
+    """Whether ``--only`` (``method`` or ``method:seed`` items; None = all) selects ``job``."""
+    return only is None or job.method in only or f"{job.method}:{job.seed}" in only
+
+
 def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None) -> int:
     """Run every job this worker can take; returns the number of jobs left undone.
 
@@ -553,7 +579,7 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None)
 
     def todo() -> list[Job]:
         return [j for j in jobs(m) if not j.evaluated and j.run_dir not in failed
-                and (only is None or j.method in only)]
+                and selected(j, only)]
 
     while True:
         pending = todo()
@@ -602,16 +628,18 @@ def main_sweep(argv: list[str]) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the CSV, plots and table from finished runs")
     p.add_argument("--list", action="store_true", help="print the jobs and their state")
-    p.add_argument("--only", default=None, metavar="METHODS",
-                   help="comma-separated methods to run (default: every row)")
+    p.add_argument("--only", default=None, metavar="JOBS",
+                   help="comma-separated methods (all their seeds) or method:seed items to "
+                   "run (default: every job)")
     args = p.parse_args(argv)
     m = load_manifest(args.directory)
     only = None
     if args.only:
         only = {s.strip() for s in args.only.split(",") if s.strip()}
-        if unknown := only - {r.method for r in m.rows}:
-            raise ValueError(f"--only names {sorted(unknown)}, not rows of "
-                             f"{args.directory}/sweep.yaml")
+        known = {r.method for r in m.rows} | {f"{j.method}:{j.seed}" for j in jobs(m)}
+        if unknown := only - known:
+            raise ValueError(f"--only names {sorted(unknown)}, neither rows nor method:seed "
+                             f"jobs of {args.directory}/sweep.yaml (see --list)")
     if args.list:
         for j in jobs(m):
             state = "done" if j.evaluated else "trained" if j.trained else "pending"
@@ -637,7 +665,7 @@ def main_sweep(argv: list[str]) -> int:
         procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
         for proc in procs:
             proc.wait()
-        left = len([j for j in jobs(m) if not j.evaluated and (only is None or j.method in only)])
+        left = len([j for j in jobs(m) if not j.evaluated and selected(j, only)])
     table = write_report(m)
     if table:
         print(table)
