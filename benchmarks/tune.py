@@ -1,0 +1,164 @@
+"""Grid search of config values, selected on the validation split only (never the test set).
+
+Trains one run per point of the grid (the Cartesian product of every ``--grid KEY=V1,V2,...``)
+from a base config, resuming or skipping finished points, and writes one CSV line per point with
+the epoch that the run keeps as ``best.safetensors`` — the highest validation robust accuracy —
+and its validation clean accuracy and ``log10 Π κ`` of the separable layers at that epoch. The
+test-set numbers that ``sstorch train`` prints at the end are deliberately not read.
+
+Example (the constraint weights of the ~300x separable MLP, docs/results.md)::
+
+    python benchmarks/tune.py configs/paper-fmnist/sep-mlp-200x.yaml \\
+        --grid constraints.lambda_cond=0,1e-5,1e-4,1e-3 \\
+        --grid constraints.lambda_sparsity=1e-5,1e-4 \\
+        --out runs/tune/sep-mlp-200x --csv results/tuning/sep-mlp-200x.csv
+
+``--shard I/N`` runs every N-th point starting at I, so N processes can share a grid; the CSV
+is rebuilt from whatever points are finished after each one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+COLUMNS = ["point", "best_epoch", "val_clean_acc", "val_robust_acc", "log10_kappa_sep",
+           "train_seconds", "device"]
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
+    """``["a.b=1,2", "c=x"]`` → ``[("a.b", ["1", "2"]), ("c", ["x"])]`` (keys unique)."""
+    grid: list[tuple[str, list[str]]] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key.strip() or not vals:
+            raise SystemExit(f"--grid {item!r}: expected KEY=V1,V2,... "
+                             "(e.g. constraints.lambda_cond=0,1e-4)")
+        if key.strip() in {k for k, _ in grid}:
+            raise SystemExit(f"--grid names {key.strip()!r} twice; give its values once")
+        grid.append((key.strip(), vals))
+    return grid
+
+
+def points(grid: list[tuple[str, list[str]]]) -> list[list[str]]:
+    """Every combination as a list of ``key=value`` overrides, in grid order."""
+    keys = [k for k, _ in grid]
+    return [[f"{k}={v}" for k, v in zip(keys, combo, strict=True)]
+            for combo in itertools.product(*(vals for _, vals in grid))]
+
+
+def point_name(overrides: list[str]) -> str:
+    """A directory-safe name: ``constraints.lambda_cond=1e-4`` → ``lambda_cond=1e-4``."""
+    return ",".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + o.split("=", 1)[1]
+                    for o in overrides)
+
+
+def best_row(metrics_csv: Path) -> dict[str, str]:
+    """The ``metrics.csv`` row with the highest ``val_robust_acc`` (first on ties)."""
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{metrics_csv} has no epochs")
+    return max(rows, key=lambda r: float(r["val_robust_acc"]))
+
+
+def result(run_dir: Path, name: str) -> dict[str, object]:
+    """One CSV line for a finished run (validation numbers only)."""
+    row = best_row(run_dir / "metrics.csv")
+    kappas = [float(v) for k, v in row.items() if k.startswith("kappa/") and v]
+    with open(run_dir / "metrics.csv", newline="") as f:
+        seconds = sum(float(r["epoch_seconds"]) for r in csv.DictReader(f))
+    device = (run_dir / "device.txt").read_text().strip() if (run_dir / "device.txt").is_file() \
+        else "?"
+    return {"point": name, "best_epoch": int(row["epoch"]),
+            "val_clean_acc": float(row["val_clean_acc"]),
+            "val_robust_acc": float(row["val_robust_acc"]),
+            "log10_kappa_sep": round(sum(math.log10(k) for k in kappas), 3) if kappas else "",
+            "train_seconds": round(seconds, 1), "device": device}
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def table(rows: list[dict[str, object]]) -> str:
+    """Markdown table, best validation robust accuracy marked."""
+    best = max((r["val_robust_acc"] for r in rows), default=None)
+    lines = ["| point | best epoch | val clean % | val robust % | log10 Π κ(sep) | train s |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        mark = " **(selected)**" if r["val_robust_acc"] == best else ""
+        lines.append(f"| {r['point']}{mark} | {r['best_epoch']} "
+                     f"| {100 * float(r['val_clean_acc']):.2f} "
+                     f"| {100 * float(r['val_robust_acc']):.2f} | {r['log10_kappa_sep']} "
+                     f"| {r['train_seconds']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="base YAML config")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values (repeat for a product grid)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a fixed override for every point (e.g. seed=0, init_from=DIR)")
+    p.add_argument("--out", required=True, help="directory of the runs (one per point)")
+    p.add_argument("--csv", required=True, help="the results CSV (rebuilt after each point)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run points I, I+N, I+2N, ... (default: all)")
+    args = p.parse_args(argv)
+    grid = parse_grid(args.grid)
+    if not grid:
+        raise SystemExit("give at least one --grid KEY=V1,V2,...")
+    try:
+        shard, nshards = (int(x) for x in args.shard.split("/"))
+        assert 0 <= shard < nshards
+    except (ValueError, AssertionError):
+        raise SystemExit(f"--shard {args.shard!r}: expected I/N with 0 ≤ I < N") from None
+
+    import torch
+
+    from sstorch.config import load_config
+    from sstorch.train import train
+
+    out = Path(args.out)
+    todo = points(grid)
+    for i, overrides in enumerate(todo):
+        name = point_name(overrides)
+        run_dir = out / name
+        if i % nshards != shard or (run_dir / "summary.json").is_file():
+            continue
+        cfg = load_config(args.config, [*args.set, *overrides, f"out_dir={out}", f"name={name}"])
+        resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+        print(f"== {name}{' (resumed)' if resume else ''}", flush=True)
+        t0 = time.perf_counter()
+        train(cfg, resume=resume)
+        dev = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" \
+            else "CPU"
+        (run_dir / "device.txt").write_text(dev + "\n")
+        print(f"   {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    rows = [result(out / point_name(o), point_name(o)) for o in todo
+            if (out / point_name(o) / "summary.json").is_file()]
+    write_csv(Path(args.csv), rows)
+    print(table(rows))
+    missing = len(todo) - len(rows)
+    if missing:
+        print(f"{missing} of {len(todo)} points not finished yet", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

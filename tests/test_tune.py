@@ -1,0 +1,65 @@
+"""benchmarks/tune.py: a grid of config values selected on the validation split."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("tune", ROOT / "benchmarks" / "tune.py")
+tune = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tune)
+
+
+def test_grid_points_and_names():
+    grid = tune.parse_grid(["constraints.lambda_cond=0,1e-4", "seed=3"])
+    assert grid == [("constraints.lambda_cond", ["0", "1e-4"]), ("seed", ["3"])]
+    pts = tune.points(grid)
+    assert pts == [["constraints.lambda_cond=0", "seed=3"],
+                   ["constraints.lambda_cond=1e-4", "seed=3"]]
+    assert tune.point_name(pts[1]) == "lambda_cond=1e-4,seed=3"
+    for bad in (["lambda"], ["a="], ["a=1", "a=2"]):
+        with pytest.raises(SystemExit):
+            tune.parse_grid(bad)
+
+
+def test_best_row_is_the_highest_validation_robust_accuracy(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,val_clean_acc,val_robust_acc,epoch_seconds,kappa/a,kappa/b\n"
+                    "1,0.5,0.30,2,10,10\n2,0.6,0.40,2,100,10\n3,0.7,0.35,2,10,1\n")
+    assert tune.best_row(path)["epoch"] == "2"
+    r = tune.result(tmp_path, "p")
+    assert r["best_epoch"] == 2 and r["val_robust_acc"] == 0.40 and r["val_clean_acc"] == 0.6
+    assert r["log10_kappa_sep"] == 3.0 and r["train_seconds"] == 6.0
+
+
+def test_tune_trains_every_point_once_and_writes_the_csv(tmp_path, capsys):
+    cfg = {"name": "t", "epochs": 1, "device": "cpu",
+           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
+           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+           "optim": {"name": "adamw", "lr": 0.01, "schedule": "none"},
+           "eval": {"pgd_steps": 2},
+           "model": {"name": "mlp", "separable": True, "hidden": [[4, 4]]},
+           "constraints": {"lambda_sparsity": 0.0, "lambda_cond": 0.0}}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(cfg))
+    out, table = tmp_path / "runs", tmp_path / "tune.csv"
+    args = [str(base), "--grid", "constraints.lambda_cond=0,0.01", "--out", str(out),
+            "--csv", str(table), "--set", "seed=1"]
+    assert tune.main([*args, "--shard", "1/2"]) == 0  # only the second point
+    assert (out / "lambda_cond=0.01" / "summary.json").is_file()
+    assert not (out / "lambda_cond=0").exists()
+    assert "1 of 2 points not finished yet" in capsys.readouterr().err
+    assert tune.main(args) == 0
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["lambda_cond=0", "lambda_cond=0.01"]
+    assert all(r["device"] == "CPU" and 0 <= float(r["val_robust_acc"]) <= 1 for r in rows)
+    text = capsys.readouterr().out
+    assert text.count("(selected)") >= 1 and "== lambda_cond=0.01" not in text  # not retrained
+    saved = yaml.safe_load((out / "lambda_cond=0.01" / "config.yaml").read_text())
+    assert saved["constraints"]["lambda_cond"] == 0.01 and saved["seed"] == 1
