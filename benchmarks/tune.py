@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a fixed override for every point (e.g. seed=0, init_from=DIR)")
     p.add_argument("--out", required=True, help="directory of the runs (one per point)")
     p.add_argument("--csv", required=True, help="the results CSV (rebuilt after each point)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the CSV and table from the finished points")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run points I, I+N, I+2N, ... (default: all)")
     args = p.parse_args(argv)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, overrides in enumerate(todo):
         name = point_name(overrides)
         run_dir = out / name
-        if i % nshards != shard or (run_dir / "summary.json").is_file():
+        if args.report_only or i % nshards != shard or (run_dir / "summary.json").is_file():
             continue
         cfg = load_config(args.config, [*args.set, *overrides, f"out_dir={out}", f"name={name}"])
         resume = run_dir if (run_dir / "last.safetensors").is_file() else None

@@ -50,6 +50,8 @@ def test_tune_trains_every_point_once_and_writes_the_csv(tmp_path, capsys):
     out, table = tmp_path / "runs", tmp_path / "tune.csv"
     args = [str(base), "--grid", "constraints.lambda_cond=0,0.01", "--out", str(out),
             "--csv", str(table), "--set", "seed=1"]
+    assert tune.main([*args, "--report-only"]) == 0 and not out.exists()
+    assert "2 of 2 points not finished yet" in capsys.readouterr().err
     assert tune.main([*args, "--shard", "1/2"]) == 0  # only the second point
     assert (out / "lambda_cond=0.01" / "summary.json").is_file()
     assert not (out / "lambda_cond=0").exists()
