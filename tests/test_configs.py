@@ -243,6 +243,16 @@ def test_paper_row_sizes_match_the_issue() -> None:
         a = yaml.safe_load((PAPER_DIR / f"{stem}.yaml").read_text())
         b = yaml.safe_load((PAPER_DIR / "sep-mlp-200x.yaml").read_text())
         assert a["model"] == b["model"] and a["constraints"] != b["constraints"]
+    # each ablation row switches the tuned weights of the "both" row on or off, nothing else
+    both = yaml.safe_load((PAPER_DIR / "sep-mlp-200x.yaml").read_text())["constraints"]
+    assert both["lambda_sparsity"] > 0 and both["lambda_cond"] > 0
+    for stem, (ls, lc) in {"sep-mlp-200x-none": (0, 0),
+                           "sep-mlp-200x-sparsity": (both["lambda_sparsity"], 0),
+                           "sep-mlp-200x-cond": (0, both["lambda_cond"])}.items():
+        c = yaml.safe_load((PAPER_DIR / f"{stem}.yaml").read_text())["constraints"]
+        assert (c["lambda_sparsity"], c["lambda_cond"]) == (ls, lc), stem
+        assert {k: v for k, v in c.items() if not k.startswith("lambda")} == \
+            {k: v for k, v in both.items() if not k.startswith("lambda")}, stem
     for stem in ("lowrank-mlp-200x", "tucker-mlp-200x", "tt-mlp-200x"):
         assert 0.9 <= _paper_params(stem) / small <= 1.25, stem  # the same budget
     prune = load_config(PAPER_DIR / "prune-mlp-200x.yaml")

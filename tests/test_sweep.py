@@ -240,12 +240,13 @@ def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
     assert device_label(cpu) == "CPU" and device_label(gpu) == "NVIDIA H200"
     assert device_label(None) == "?"
 
-    def run(seed: int, machine: str, train_s: float) -> tuple[dict, dict]:
+    def run(seed: int, machine: str, train_s: float, trained_on: str | None = None
+            ) -> tuple[dict, dict]:
         row = {"method": "dense", "params": 10, "nnz": 10, "compression": 1.0, "seed": seed,
                "clean_acc": 0.8, "pgd50_acc": 0.7, "autoattack_acc": 0.6,
                "train_seconds": train_s}
         detail = {"log10_kappa_fc": 1.0, "sanity_passed": 6, "sanity_total": 6,
-                  "eval_seconds": train_s / 2, "machine": machine}
+                  "eval_seconds": train_s / 2, "machine": machine, "train_machine": trained_on}
         return row, detail
 
     runs = [run(0, cpu, 1000.0), run(1, gpu, 40.0), run(2, gpu, 60.0)]
@@ -253,3 +254,7 @@ def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
     assert "| 1000 (CPU, 1) / 50 (NVIDIA H200, 2) | 500 (CPU, 1) / 25 (NVIDIA H200, 2) |" in table
     one = render_table(summarize([runs[0][0]], [runs[0][1]]))
     assert "| 1000 | 500 |" in one
+    # trained on the GPU, evaluated on the CPU: each column is labelled by its own machine
+    runs = [run(0, cpu, 1000.0), run(1, cpu, 40.0, trained_on=gpu)]
+    table = render_table(summarize([r for r, _ in runs], [d for _, d in runs]))
+    assert "| 1000 (CPU, 1) / 40 (NVIDIA H200, 1) | 260 |" in table

@@ -65,3 +65,15 @@ def test_tune_trains_every_point_once_and_writes_the_csv(tmp_path, capsys):
     assert text.count("(selected)") >= 1 and "== lambda_cond=0.01" not in text  # not retrained
     saved = yaml.safe_load((out / "lambda_cond=0.01" / "config.yaml").read_text())
     assert saved["constraints"]["lambda_cond"] == 0.01 and saved["seed"] == 1
+
+
+def test_select_takes_the_best_or_the_best_conditioned_point_within_a_tolerance():
+    rows = [{"val_robust_acc": 0.640, "log10_kappa_sep": 13.6},
+            {"val_robust_acc": 0.645, "log10_kappa_sep": 10.1},
+            {"val_robust_acc": 0.643, "log10_kappa_sep": 6.7},
+            {"val_robust_acc": 0.622, "log10_kappa_sep": 3.2}]
+    assert tune.select(rows) == 1
+    assert tune.select(rows, within=1.0) == 2  # 3.2 is 2.3 points below the best: excluded
+    assert tune.select(rows, within=3.0) == 3
+    assert tune.select([], 1.0) is None
+    assert tune.select([{"val_robust_acc": 0.5, "log10_kappa_sep": ""}], 1.0) == 0

@@ -563,7 +563,8 @@ def _cpu_name() -> str:
     return platform.machine()
 
 
-def _machine(device: torch.device) -> str:
+def machine_description(device: torch.device) -> str:
+    """``"<CPU model or GPU name>; <OS> <kernel>; torch <version>"`` for result files."""
     what = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU {_cpu_name()} ({os.cpu_count()} cores), torch threads "
                  f"{torch.get_num_threads()}")
@@ -682,7 +683,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "sanity": [asdict(c) for c in checks], "sanity_seconds": sanity_secs,
         "sanity_n": min(sanity_n, res["n"]), "certified": cert, "seed": seed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": _machine(dev),
+        "machine": machine_description(dev),
     }
     result = _json_safe(result)
     out_dir = Path(out) if out is not None else run_dir

@@ -46,7 +46,7 @@ __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job
 CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
                "autoattack_acc", "train_seconds"]
 DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
-                  "eval_seconds", "machine", "date"]
+                  "eval_seconds", "machine", "train_machine", "date"]
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
 CLAIM_KINDS = {"within", "beats", "ablation"}
@@ -310,11 +310,14 @@ def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
             "train_seconds": round(_train_seconds(job.run_dir), 3),
         })
         sanity = ev.get("sanity", [])
+        trained_on = json.loads((job.run_dir / "summary.json").read_text()).get("machine")
         details.append({
             "method": job.method, "seed": job.seed, "log10_kappa_fc": sw.get("log10_kappa_fc"),
             "sanity_passed": sum(bool(c["passed"]) for c in sanity),
             "sanity_total": len(sanity), "eval_n": ev["n"],
             "eval_seconds": round(sw["eval_seconds"], 1), "machine": ev.get("machine"),
+            # older runs did not record where they were trained: the evaluation machine then
+            "train_machine": trained_on or ev.get("machine"),
             "date": ev.get("date"), "eps_sweep": ev.get("eps_sweep"),
         })
     order = {r.method: i for i, r in enumerate(m.rows)}
@@ -362,10 +365,13 @@ def summarize(rows: Sequence[dict[str, Any]], details: Sequence[dict[str, Any]]
         e["vals"].setdefault("eval_seconds", []).append(float(d["eval_seconds"]))
         e.setdefault("machines", set()).add(d.get("machine") or "?")
         e["vals"].setdefault("device", []).append(device_label(d.get("machine")))
+        e["vals"].setdefault("train_device", []).append(
+            device_label(d.get("train_machine") or d.get("machine")))
+        e["machines"].add(d.get("train_machine") or d.get("machine") or "?")
         e.setdefault("sweeps", []).append(d.get("eps_sweep") or [])
     for e in out.values():
         e["stats"] = {k: _mean_std(v) for k, v in e["vals"].items()
-                      if k not in ("sanity", "device")}
+                      if k not in ("sanity", "device", "train_device")}
     return list(out.values())
 
 
@@ -375,9 +381,9 @@ def device_label(machine: str | None) -> str:
     return "CPU" if first.startswith("CPU") else first
 
 
-def _fmt_seconds(e: dict[str, Any], key: str) -> str:
+def _fmt_seconds(e: dict[str, Any], key: str, device_key: str) -> str:
     """Mean seconds over seeds, one mean per device when seeds ran on different devices."""
-    devices = e["vals"]["device"]
+    devices = e["vals"][device_key]
     if len(set(devices)) == 1:
         return f"{e['stats'][key][0]:.0f}"
     parts = []
@@ -406,7 +412,8 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
             f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
             f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
             f"| {kappa_text} | {', '.join(e['vals']['sanity'])} "
-            f"| {_fmt_seconds(e, 'train_seconds')} | {_fmt_seconds(e, 'eval_seconds')} |")
+            f"| {_fmt_seconds(e, 'train_seconds', 'train_device')} "
+            f"| {_fmt_seconds(e, 'eval_seconds', 'device')} |")
     machines = sorted({m for e in summary_rows for m in e.get("machines", ())})
     lines += ["", "Seconds are means per run (training: Σ epoch wall time incl. per-epoch "
               "validation; evaluation: everything of `sstorch eval` incl. AutoAttack, ε sweep "
