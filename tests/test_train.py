@@ -25,7 +25,7 @@ from sstorch import attacks
 from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.checkpoint import CheckpointError, load_checkpoint, load_weights, read_metadata
 from sstorch.cli import main
-from sstorch.config import ModelConfig, load_config
+from sstorch.config import ConfigError, ModelConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
 from sstorch.models import build_model
 from sstorch.train import TrainingDiverged, evaluate, train
@@ -256,6 +256,23 @@ def test_each_training_attack_runs(tmp_path, spy_attacks, attack):
         assert {"trades": "fgsm", "fgsm": "trades"}[attack] not in kinds
     for _, eps, _, x, x_adv in spy_attacks:
         _assert_in_box(x, x_adv, eps)
+
+
+def test_eps_warmup_ramps_eps_and_step_size_linearly_by_step(tmp_path, spy_attacks):
+    from sstorch.train import eps_scale
+
+    cfg = _cfg(tmp_path, "warm", epochs=2, attack__steps=3, attack__eps_warmup_epochs=1.5)
+    assert [eps_scale(cfg, s, 4) for s in (0, 2, 5, 6, 40)] == [1 / 6, 0.5, 1.0, 1.0, 1.0]
+    train(cfg, log=lambda msg: None)
+    # 128 training examples in batches of 64: 2 steps per epoch, warm-up over 3 steps
+    eps = [c[1] for c in spy_attacks if c[0] == "pgd" and c[2] == 3]
+    assert eps == pytest.approx([0.1 / 3, 0.2 / 3, 0.1, 0.1])
+    for _, e, _, x, x_adv in spy_attacks:
+        _assert_in_box(x, x_adv, e)
+    assert {c[1] for c in spy_attacks if c[2] != 3} == {0.1}  # validation/test: the full ε
+    assert eps_scale(_cfg(tmp_path), 0, 2) == 1.0  # default: no warm-up
+    with pytest.raises(ConfigError, match="eps_warmup_epochs must be ≥ 0"):
+        _cfg(tmp_path, attack__eps_warmup_epochs=-1)
 
 
 def test_attack_with_zero_eps_trains_clean_and_skips_robust_eval(tmp_path, spy_attacks):

@@ -119,9 +119,16 @@ class AttackConfig:
     steps: int = 10
     random_start: bool = True
     trades_beta: float = 6.0
+    # ε (and the step size with it) ramps linearly from 0 over this many epochs, by step; 0 =
+    # full ε from the first step. Helps tiny models that adversarial training from scratch
+    # leaves stuck at chance accuracy.
+    eps_warmup_epochs: float = 0.0
 
     def validate(self) -> None:
         _choice(self.name, ("pgd", "trades", "fgsm", "none"), "attack.name")
+        if not self.eps_warmup_epochs >= 0:
+            raise ConfigError(f"attack.eps_warmup_epochs must be ≥ 0, got "
+                              f"{self.eps_warmup_epochs}")
         if not 0 <= self.eps <= 1:
             raise ConfigError(f"attack.eps must be in [0, 1] (pixel scale), got {self.eps}")
         if self.steps < 1:

@@ -130,12 +130,24 @@ def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
+def eps_scale(cfg: Config, step: int, steps_per_epoch: int) -> float:
+    r"""Fraction of ε used at training step ``step`` (0-based, counted over all epochs).
+
+    .. math:: \min(1, (step + 1) / (E_w · S))
+
+    with ``E_w = attack.eps_warmup_epochs`` and S steps per epoch; 1 when ``E_w = 0``.
+    """
+    warm = cfg.attack.eps_warmup_epochs * steps_per_epoch
+    return 1.0 if warm <= 0 else min(1.0, (step + 1) / warm)
+
+
 def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
-              core: nn.Module | None = None) -> tuple[Tensor, Tensor]:
+              core: nn.Module | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """The training loss and the logits on the adversarial (or clean) inputs.
 
     The attack is crafted on ``core`` (the unwrapped model: no DDP gradient sync for input
-    gradients) in eval mode, so batch-norm statistics see only the training forward.
+    gradients) in eval mode, so batch-norm statistics see only the training forward. ``scale``
+    multiplies ε and the step size (the ε warm-up, :func:`eps_scale`).
     """
     a = cfg.attack
     core = core if core is not None else model
@@ -143,12 +155,13 @@ def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
         logits = model(x)
         return F.cross_entropy(logits, y), logits
     core.eval()
+    eps, step_size = a.eps * scale, a.step_size * scale
     if a.name == "pgd":
-        x_adv = PGD(a.eps, a.step_size, a.steps, random_start=a.random_start)(core, x, y)
+        x_adv = PGD(eps, step_size, a.steps, random_start=a.random_start)(core, x, y)
     elif a.name == "fgsm":
-        x_adv = FGSM(a.eps, step_size=a.step_size, random_start=a.random_start)(core, x, y)
+        x_adv = FGSM(eps, step_size=step_size, random_start=a.random_start)(core, x, y)
     else:
-        x_adv = trades_adversary(core, x, a.eps, a.step_size, a.steps)
+        x_adv = trades_adversary(core, x, eps, step_size, a.steps)
     model.train()
     if a.name == "trades":
         logits_clean = model(x)
@@ -398,10 +411,11 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
         sums = [0.0, 0.0, 0.0]  # loss·n, adversarial correct, n
         bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not d.main,
                    leave=False, dynamic_ncols=True, file=sys.stderr)
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            scale = eps_scale(cfg, (epoch - 1) * steps_per_epoch + i, steps_per_epoch)
             with torch.autocast(device.type, enabled=use_amp):
-                loss, logits = _adv_loss(cfg, model, x, y, core)
+                loss, logits = _adv_loss(cfg, model, x, y, core, scale)
                 total = loss + reg()
             if not torch.isfinite(total):
                 last = run_dir / "last.safetensors"
