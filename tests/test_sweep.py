@@ -151,6 +151,7 @@ def _entry(method: str, accs: list[float]) -> dict:
     n = len(accs)
     mean = sum(accs) / n
     return {"method": method, "seeds": list(range(n)),
+            "vals": {"autoattack_acc": list(accs), "clean_acc": [a + 0.1 for a in accs]},
             "stats": {"autoattack_acc": (mean, 0.0), "clean_acc": (mean + 0.1, 0.0)}}
 
 
@@ -171,6 +172,11 @@ def test_claims_are_checked_against_the_means():
     assert "-2.00 points → loses" in text
     assert "**beats every one**" in render_claims([{**beats, "others": ["lowrank"]}], rows)
     assert "**pending**" in render_claims([{**beats, "others": ["lowrank", "tt"]}], rows)
+    # rows that ran different seeds are also compared on the seeds they share
+    seeds3 = _entry("sep3", [0.62, 0.61, 0.10])
+    text = render_claims([{**beats, "method": "sep3", "others": ["prune"]}], [*rows, seeds3])
+    assert "-13.67 points (seed-matched, seed 0: +4.00) → loses" in text
+    assert "seed-matched" not in render_claims([{**beats, "others": ["prune"]}], rows)
     abl = {"kind": "ablation", "reference": "none", "others": ["sep300"], "metric": "clean_acc"}
     assert "`sep300` 66.00 % (1 seed): +1.00 points" in render_claims([abl], rows)
 

@@ -437,6 +437,20 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
         e = by_method.get(name)
         return None if e is None else (100 * e["stats"][metric][0], len(e["seeds"]))
 
+    def matched(a: str, b: str) -> str:
+        """`` (seed-matched …)`` when the two rows ran different seeds but share some."""
+        ea, eb = by_method.get(a), by_method.get(b)
+        if ea is None or eb is None or ea["seeds"] == eb["seeds"]:
+            return ""
+        common = [sd for sd in ea["seeds"] if sd in eb["seeds"]]
+        if not common:
+            return ""
+        pick = lambda e: [100 * v for sd, v in zip(e["seeds"], e["vals"][metric],  # noqa: E731
+                                                  strict=True) if sd in common]
+        d = _fmean(pick(ea)) - _fmean(pick(eb))
+        return f" (seed-matched, seed{'s' if len(common) > 1 else ''} " \
+            f"{', '.join(map(str, common))}: {d:+.2f})"
+
     def fmt(name: str) -> str:
         v = stat(name)
         return f"`{name}` pending" if v is None else f"`{name}` {v[0]:.2f} % ({v[1]} seed" \
@@ -451,7 +465,7 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
         d = va[0] - vb[0]
         verdict = ("**holds, and matches or beats the reference**" if d >= 0 else
                    "**holds**" if d >= -pts else "**does not hold**")
-        return [f"- {label}: {fmt(a)} vs {fmt(b)}: {d:+.2f} points → {verdict} "
+        return [f"- {label}: {fmt(a)} vs {fmt(b)}: {d:+.2f} points{matched(a, b)} → {verdict} "
                 f"(bar: at most {pts:g} points below)"]
     if kind == "beats":
         a = claim["method"]
@@ -464,7 +478,8 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
                 continue
             d = va[0] - vo[0]
             wins += d > 0
-            lines.append(f"  - vs {fmt(o)}: {d:+.2f} points → {'beats' if d > 0 else 'loses'}")
+            lines.append(f"  - vs {fmt(o)}: {d:+.2f} points{matched(a, o)} → "
+                         f"{'beats' if d > 0 else 'loses'}")
         n = len(claim.get("others", []))
         verdict = ("**pending**" if pending and wins == n - pending else
                    "**beats every one**" if wins == n else
@@ -474,7 +489,8 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
     lines = [f"- {label}, relative to {fmt(ref)}:"]
     for o in claim.get("others", []):
         vr, vo = stat(ref), stat(o)
-        delta = "pending" if vr is None or vo is None else f"{vo[0] - vr[0]:+.2f} points"
+        delta = ("pending" if vr is None or vo is None
+                 else f"{vo[0] - vr[0]:+.2f} points{matched(o, ref)}")
         lines.append(f"  - {fmt(o)}: {delta}")
     return lines
 
