@@ -191,3 +191,18 @@ def test_l2_runs_apgd_and_skips_linf_only_components() -> None:
     delta = (result.x_adv - x).flatten(1).norm(dim=1)
     assert (delta <= 1.0 + 1e-5).all()
     assert torch.equal(predict(fgsm_trained(), result.x_adv) == y, result.robust)
+
+
+def test_nothing_left_to_attack_skips_the_remaining_components() -> None:
+    """A model wrong on every input leaves no survivors: each attack is a no-op, not a crash."""
+
+    class AlwaysOne(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.nn.functional.one_hot(torch.ones(len(x), dtype=torch.long), 10).float()
+
+    x, _ = held_out(20)
+    y = torch.zeros(20, dtype=torch.long)
+    result = AutoAttack(EPS, attacks=["apgd-ce", "apgd-t"]).run(AlwaysOne(), x, y)
+    assert result.attacks == ["apgd-ce", "apgd-t"]
+    assert result.robust_accuracy == 0.0 and torch.equal(result.x_adv, x)
+    assert (result.fooled_by == -1).all()  # already wrong before any attack

@@ -206,9 +206,12 @@ def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsy
         assert (root / "runs" / "dense" / f"seed{seed}" / "sweep.json").is_file()
     assert main(["sweep", str(root), "--only", "nope,dense:7"]) == 1
     assert "--only names ['dense:7', 'nope'], neither rows nor" in capsys.readouterr().err
-    bad["optim"]["lr"] = 0.01  # fixed: the next call retries only the failed job
+    bad["optim"]["lr"] = 0.01  # fixed: the half-trained run is stale, the retry says so
     (root / "sep.yaml").write_text(yaml.safe_dump(bad))
-    assert main(["sweep", str(root), "--threads", "1", "--only", "sep:0"]) == 0
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep:0"]) == 1
+    assert "optim.lr: 1e+30 → 0.01" in capsys.readouterr().err
+    # moved aside, the next call retries only the failed job
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep:0", "--move-stale"]) == 0
     assert not (root / "runs" / "sep" / "seed0" / "sweep-error.txt").exists()
     assert "== train dense" not in capsys.readouterr().out
 
@@ -264,3 +267,43 @@ def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
     runs = [run(0, cpu, 1000.0), run(1, cpu, 40.0, trained_on=gpu)]
     table = render_table(summarize([r for r, _ in runs], [d for _, d in runs]))
     assert "| 1000 (CPU, 1) / 40 (NVIDIA H200, 1) | 260 |" in table
+
+
+def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from sstorch.config import load_config
+    from sstorch.sweep import config_drift, job_overrides
+
+    root = _write_sweep(tmp_path / "s", [{"method": "sep", "seeds": [0]}], reference="sep")
+    job = jobs(load_manifest(root))[0]
+    job.run_dir.mkdir(parents=True)
+    saved = asdict(load_config(job.config, job_overrides(job)))
+    (job.run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert config_drift(job) == {}  # the same recipe: not stale
+
+    cfg = yaml.safe_load((root / "sep.yaml").read_text())
+    cfg["attack"]["eps"] = 0.2
+    (root / "sep.yaml").write_text(yaml.safe_dump(cfg))
+    assert config_drift(job) == {"attack.eps": (0.1, 0.2)}
+    assert main(["sweep", str(root), "--list"]) == 0
+    assert "stale" in capsys.readouterr().out
+    assert main(["sweep", str(root), "--threads", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "seed0: attack.eps: 0.1 → 0.2" in err and "--move-stale" in err
+    assert not (job.run_dir / "summary.json").exists()  # nothing ran
+
+    assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) == 0
+    moved = list(job.run_dir.parent.glob("seed0.stale-*"))
+    assert len(moved) == 1 and (moved[0] / "config.yaml").is_file()  # kept, not deleted
+    assert (job.run_dir / "sweep.json").is_file() and config_drift(job) == {}
+    with open(root / "out" / "r.csv", newline="") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["sep"]
+
+    cfg["attack"]["eps"] = 0.3  # the recipe changes again: the finished run leaves the table
+    (root / "sep.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["sweep", str(root), "--report-only"]) == 0
+    assert "left out of the table" in capsys.readouterr().out
+    with open(root / "out" / "r.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == []

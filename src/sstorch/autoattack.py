@@ -256,7 +256,7 @@ class AutoAttack:
                 continue
             start = time.perf_counter()
             todo = result.robust.nonzero().squeeze(1)
-            for idx in todo.split(batch_size):
+            for idx in todo.split(batch_size) if todo.numel() else ():  # none left: skip
                 xb, yb = x[idx], y[idx]
                 adv, outside = self._project(attack(model, xb, yb).detach(), xb)
                 if outside > _BALL_TOL:

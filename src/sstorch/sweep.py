@@ -20,8 +20,10 @@ evaluation (clean, PGD-``pgd_steps`` with restarts, then the standard AutoAttack
 survivors — so ``autoattack_acc`` is the per-example worst case of both — plus the ε sweep and
 the gradient-masking sanity checks of ``sstorch eval``), and the tables and plots, which are
 rebuilt from every finished run after each job. A finished stage leaves a file
-(``summary.json``, ``sweep.json``) and is never redone. Several workers (``--workers``) share
-the queue through per-run lock files.
+(``summary.json``, ``sweep.json``) and is never redone. A run whose saved ``config.yaml`` no
+longer matches its row's config is *stale*: the sweep refuses to resume it (``--move-stale``
+renames it aside and retrains) and the table leaves it out, so no table mixes two recipes.
+Several workers (``--workers``) share the queue through per-run lock files.
 """
 
 from __future__ import annotations
@@ -195,18 +197,62 @@ def _try_lock(run_dir: Path) -> Path | None:
     return None
 
 
+def job_overrides(job: Job) -> list[str]:
+    """The ``--set`` items that turn the row's config into this job's training config."""
+    overrides = [f"seed={job.seed}", f"out_dir={job.run_dir.parent}", f"name={job.run_dir.name}"]
+    if job.init_from is not None:
+        overrides.append(f"init_from={job.init_from}")
+    return overrides
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_drift(job: Job) -> dict[str, tuple[Any, Any]]:
+    """``{key: (value the run was trained with, value the row's config gives now)}``.
+
+    Empty when the run has not started (no ``config.yaml``) or matches. Both sides go through
+    :func:`~sstorch.config.load_config`, so keys added to sstorch later compare at their
+    defaults. A run whose config drifted is *stale*: its numbers belong to another recipe.
+    """
+    from dataclasses import asdict
+
+    from .config import ConfigError, load_config
+
+    saved = job.run_dir / "config.yaml"
+    if not saved.is_file():
+        return {}
+    try:
+        old = _flatten(asdict(load_config(saved)))
+    except (ConfigError, ValueError) as exc:
+        return {"config.yaml": (f"unreadable ({exc})", "the row's config")}
+    new = _flatten(asdict(load_config(job.config, job_overrides(job))))
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def _drift_text(drift: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in drift.items())
+
+
 def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
     """Train (or resume) and evaluate one (method, seed); each stage is skipped once done."""
     from .config import load_config
     from .evaluate import evaluate_run
     from .train import train
 
+    if drift := config_drift(job):
+        raise ValueError(f"{job.run_dir} was trained with another config ({_drift_text(drift)}); "
+                         "move that directory away (or run with --move-stale) to retrain it")
     if not job.trained:
-        overrides = [f"seed={job.seed}", f"out_dir={job.run_dir.parent}",
-                     f"name={job.run_dir.name}"]
-        if job.init_from is not None:
-            overrides.append(f"init_from={job.init_from}")
-        cfg = load_config(job.config, overrides)
+        cfg = load_config(job.config, job_overrides(job))
         resume = job.run_dir if (job.run_dir / "last.safetensors").is_file() else None
         log(f"== train {job.method} seed {job.seed}{' (resumed)' if resume else ''}")
         train(cfg, resume=resume, log=log)
@@ -286,12 +332,20 @@ def _reference_params(m: Manifest) -> int:
                                info.std)).total_params
 
 
-def collect(m: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """CSV rows (``CSV_COLUMNS``) and detail rows of every evaluated job, in manifest order."""
+def collect(m: Manifest, log: Callable[[str], None] = print
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """CSV rows (``CSV_COLUMNS``) and detail rows of every evaluated job, in manifest order.
+
+    Stale runs (trained with another config than their row's now, :func:`config_drift`) are
+    left out, with a line to ``log``, so one table never mixes two recipes.
+    """
     ref = _reference_params(m)
     rows, details = [], []
     for job in jobs(m):
         if not job.evaluated:
+            continue
+        if drift := config_drift(job):
+            log(f"!! left out of the table: {job.run_dir} is stale ({_drift_text(drift)})")
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
@@ -569,7 +623,7 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
 
 def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
     """Rebuild the CSVs, plots and the markdown table from every evaluated run."""
-    rows, details = collect(m)
+    rows, details = collect(m, log)
     _write_csv(m.csv, rows, CSV_COLUMNS)
     _write_csv(m.details_csv, details, DETAIL_COLUMNS)
     if not rows:
@@ -637,8 +691,27 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None)
             time.sleep(30)  # others hold the remaining jobs or their dependencies
 
 
+def handle_stale(m: Manifest, only: set[str] | None, move: bool,
+                 log: Callable[[str], None] = print) -> None:
+    """Refuse to run over stale runs (ValueError naming each drift), or rename them aside."""
+    stale = [(j, d) for j in jobs(m) if selected(j, only) and (d := config_drift(j))]
+    if not stale:
+        return
+    if not move:
+        lines = "\n".join(f"  {j.run_dir}: {_drift_text(d)}" for j, d in stale)
+        raise ValueError(f"{len(stale)} run(s) were trained with another config than their "
+                         f"row's config now:\n{lines}\nmove them away, set a new out_dir in "
+                         "sweep.yaml, or pass --move-stale (renames each to "
+                         "<run>.stale-<time>; nothing is deleted)")
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for j, _ in stale:
+        target = j.run_dir.with_name(f"{j.run_dir.name}.stale-{stamp}")
+        j.run_dir.rename(target)
+        log(f"moved stale {j.run_dir} → {target}")
+
+
 def main_sweep(argv: list[str]) -> int:
-    """``sstorch sweep DIR [--workers N] [--report-only] [--list]``."""
+    """``sstorch sweep DIR [--workers N] [--report-only] [--list] [--only JOBS] [--move-stale]``."""
     p = argparse.ArgumentParser(
         prog="sstorch sweep",
         description="Train and evaluate every (method, seed) of DIR/sweep.yaml, resuming "
@@ -654,6 +727,9 @@ def main_sweep(argv: list[str]) -> int:
     p.add_argument("--only", default=None, metavar="JOBS",
                    help="comma-separated methods (all their seeds) or method:seed items to "
                    "run (default: every job)")
+    p.add_argument("--move-stale", action="store_true",
+                   help="rename runs trained with another config than their row's now to "
+                   "<run>.stale-<time> (nothing is deleted) and retrain them")
     args = p.parse_args(argv)
     m = load_manifest(args.directory)
     only = None
@@ -665,7 +741,8 @@ def main_sweep(argv: list[str]) -> int:
                              f"jobs of {args.directory}/sweep.yaml (see --list)")
     if args.list:
         for j in jobs(m):
-            state = "done" if j.evaluated else "trained" if j.trained else "pending"
+            state = ("stale" if config_drift(j) else "done" if j.evaluated
+                     else "trained" if j.trained else "pending")
             print(f"{j.method:<28} seed {j.seed}  {state:<8} {j.run_dir}")
         return 0
     if args.report_only:
@@ -673,6 +750,7 @@ def main_sweep(argv: list[str]) -> int:
         if table:
             print(table)
         return 0
+    handle_stale(m, only, move=args.move_stale)
     if args.workers < 1:
         raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
