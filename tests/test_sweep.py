@@ -307,3 +307,26 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     assert "left out of the table" in capsys.readouterr().out
     with open(root / "out" / "r.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []
+
+
+def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path, monkeypatch):
+    from sstorch import sweep
+
+    rows = [{"method": "dense", "seeds": [0]},
+            {"method": "sep", "seeds": [0], "init_from": "dense"}]
+    m = load_manifest(_write_sweep(tmp_path, rows))
+    assert sweep._work(m, print, only={"sep"}) == 1  # nobody trains dense: give up at once
+
+    class Waited(Exception):
+        pass
+
+    def sleep(seconds: float) -> None:
+        raise Waited(seconds)
+
+    monkeypatch.setattr(sweep.time, "sleep", sleep)
+    lock = _try_lock(m.out_dir / "dense" / "seed0")  # a live worker (this process) trains it
+    assert lock is not None
+    with pytest.raises(Waited):
+        sweep._work(m, print, only={"sep"})
+    lock.write_text("999999999")  # that worker died: nothing to wait for
+    assert sweep._work(m, print, only={"sep"}) == 1

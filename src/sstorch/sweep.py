@@ -170,6 +170,16 @@ def _boot_id() -> str:
         return ""
 
 
+def _held(run_dir: Path) -> bool:
+    """Whether a live worker (this boot) holds ``run_dir/.lock``."""
+    try:
+        pid_text, _, boot = (run_dir / ".lock").read_text().strip().partition(" ")
+        pid = int(pid_text or 0)
+    except (OSError, ValueError):
+        return False
+    return bool(pid) and _pid_alive(pid) and boot in ("", _boot_id())
+
+
 def _try_lock(run_dir: Path) -> Path | None:
     """Create ``run_dir/.lock`` exclusively (taking over a dead worker's); None if held.
 
@@ -182,12 +192,7 @@ def _try_lock(run_dir: Path) -> Path | None:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                pid_text, _, boot = lock.read_text().strip().partition(" ")
-                pid = int(pid_text or 0)
-            except (OSError, ValueError):
-                pid, boot = 0, ""
-            if pid and _pid_alive(pid) and boot in ("", _boot_id()):
+            if _held(run_dir):
                 return None
             lock.unlink(missing_ok=True)  # stale: its worker died
             continue
@@ -685,7 +690,9 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None)
             break
         if not took:
             waiting = todo()
-            busy = [j for j in waiting if (j.run_dir / ".lock").is_file()]
+            # held by another worker, or waiting for a starting point another worker trains
+            busy = [j for j in waiting if _held(j.run_dir) or (
+                j.init_from is not None and _held(j.init_from))]
             if not busy:
                 return len(waiting) + len(failed)
             time.sleep(30)  # others hold the remaining jobs or their dependencies
