@@ -36,7 +36,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -626,8 +627,33 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
     return paths
 
 
+@contextmanager
+def _report_lock(m: Manifest) -> Iterator[None]:
+    """One report writer at a time across workers (``fcntl.flock``; no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: workers may interleave writes
+        yield
+        return
+    m.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(m.out_dir / ".report.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
-    """Rebuild the CSVs, plots and the markdown table from every evaluated run."""
+    """Rebuild the CSVs, plots and the markdown table from every evaluated run.
+
+    Workers finishing at once take turns (a file lock), so no file is half written.
+    """
+    with _report_lock(m):
+        return _write_report(m, log)
+
+
+def _write_report(m: Manifest, log: Callable[[str], None]) -> str | None:
     rows, details = collect(m, log)
     _write_csv(m.csv, rows, CSV_COLUMNS)
     _write_csv(m.details_csv, details, DETAIL_COLUMNS)
