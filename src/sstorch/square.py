@@ -88,7 +88,7 @@ class Square:
         return self.p_init / 2 ** sum(scaled > c for c in _P_CHECKPOINTS)
 
     def _signs(self, gen: torch.Generator, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        s = torch.randint(0, 2, shape, generator=gen).to(device=like.device, dtype=like.dtype)
+        s = torch.randint(0, 2, shape, generator=gen, device=gen.device).to(like.dtype)
         return 2 * s - 1
 
     def _attack(self, model: nn.Module, x: Tensor, labels: Tensor,
@@ -106,8 +106,8 @@ class Square:
                 break
             na = active.numel()
             s = min(max(round(math.sqrt(self.p_schedule(it) * h * w)), 1), h, w)
-            top = torch.randint(0, h - s + 1, (na,), generator=gen).to(x.device)
-            left = torch.randint(0, w - s + 1, (na,), generator=gen).to(x.device)
+            top = torch.randint(0, h - s + 1, (na,), generator=gen, device=gen.device)
+            left = torch.randint(0, w - s + 1, (na,), generator=gen, device=gen.device)
             in_rows = (rows >= top[:, None]) & (rows < top[:, None] + s)  # (na, H)
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + s)  # (na, W)
             window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (na, 1, H, W)
@@ -138,7 +138,9 @@ class Square:
         self.queries_ = torch.zeros(len(x), dtype=torch.long, device=x.device)
         if self.eps == 0 or len(x) == 0:
             return adv
-        gen = torch.Generator().manual_seed(self.seed)
+        # on the images' device: no host-to-device copy (a GPU sync) per query; on a GPU the
+        # random stream therefore differs from the CPU's for the same seed
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
         with torch.no_grad():
             todo = (_margin(model, x, labels) > 0).nonzero().squeeze(1)
             if todo.numel():
