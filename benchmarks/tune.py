@@ -154,17 +154,28 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sstorch.config import load_config
+    from sstorch.config import config_drift, drift_text, load_config
     from sstorch.train import train
 
     out = Path(args.out)
     todo = points(grid)
-    for i, overrides in enumerate(todo):
+    cfgs = [load_config(args.config, [*args.set, *o, f"out_dir={out}", f"name={point_name(o)}"])
+            for o in todo]
+    # a point trained with another config (the base config or --set changed) is another
+    # experiment: refuse to resume it or to put it in the table
+    stale = [(point_name(o), d) for o, c in zip(todo, cfgs, strict=True)
+             if (out / point_name(o) / "config.yaml").is_file()
+             and (d := config_drift(out / point_name(o) / "config.yaml", c))]
+    if stale:
+        lines = "\n".join(f"  {out / n}: {drift_text(d)}" for n, d in stale)
+        raise SystemExit(f"{len(stale)} point(s) under {out} were trained with another config "
+                         f"than this grid gives:\n{lines}\nuse a new --out, or move those "
+                         "directories away to retrain them")
+    for i, (overrides, cfg) in enumerate(zip(todo, cfgs, strict=True)):
         name = point_name(overrides)
         run_dir = out / name
         if args.report_only or i % nshards != shard or (run_dir / "summary.json").is_file():
             continue
-        cfg = load_config(args.config, [*args.set, *overrides, f"out_dir={out}", f"name={name}"])
         resume = run_dir if (run_dir / "last.safetensors").is_file() else None
         print(f"== {name}{' (resumed)' if resume else ''}", flush=True)
         t0 = time.perf_counter()

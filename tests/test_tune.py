@@ -77,3 +77,23 @@ def test_select_takes_the_best_or_the_best_conditioned_point_within_a_tolerance(
     assert tune.select(rows, within=3.0) == 3
     assert tune.select([], 1.0) is None
     assert tune.select([{"val_robust_acc": 0.5, "log10_kappa_sep": ""}], 1.0) == 0
+
+
+def test_points_trained_with_another_config_are_refused(tmp_path):
+    cfg = {"name": "t", "epochs": 1, "device": "cpu",
+           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
+           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+           "model": {"name": "mlp", "separable": True, "hidden": [[4, 4]]}}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "runs"
+    point = out / "lambda_cond=0"
+    point.mkdir(parents=True)
+    old = {**cfg, "attack": {**cfg["attack"], "eps": 0.2}}  # trained under another base config
+    (point / "config.yaml").write_text(yaml.safe_dump(old))
+    args = [str(base), "--grid", "constraints.lambda_cond=0", "--out", str(out),
+            "--csv", str(tmp_path / "t.csv")]
+    for extra in ([], ["--report-only"]):
+        with pytest.raises(SystemExit, match=r"lambda_cond=0: attack\.eps: 0\.2 → 0\.1"):
+            tune.main([*args, *extra])
+    assert not (point / "summary.json").exists()

@@ -18,7 +18,7 @@ import yaml
 
 __all__ = [
     "AttackConfig", "Config", "ConfigError", "ConstraintConfig", "DataConfig", "EvalConfig",
-    "ModelConfig", "OptimConfig", "PruneConfig", "load_config",
+    "ModelConfig", "OptimConfig", "PruneConfig", "config_drift", "load_config",
 ]
 
 
@@ -347,3 +347,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         _set_dotted(tree, item)
     return _build(Config, tree, "").validate()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_drift(saved: str | Path, cfg: Config) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in the saved run config, value in cfg)}`` for every difference.
+
+    ``saved`` is a run's ``config.yaml``; it goes through :func:`load_config` too, so keys added
+    to sstorch since it was written compare at their defaults. A run whose config drifted
+    belongs to another recipe. An unreadable file is one entry, ``"config.yaml"``.
+    """
+    try:
+        old = _flatten(dataclasses.asdict(load_config(saved)))
+    except (ConfigError, ValueError, OSError) as exc:
+        return {"config.yaml": (f"unreadable ({exc})", "the current config")}
+    new = _flatten(dataclasses.asdict(cfg))
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def drift_text(drift: dict[str, tuple[Any, Any]]) -> str:
+    """``"a.b: 1 → 2, c: 'x' → 'y'"``."""
+    return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in drift.items())

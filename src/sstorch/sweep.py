@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from .config import drift_text
+
 __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job", "write_report"]
 
 CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
@@ -211,41 +213,20 @@ def job_overrides(job: Job) -> list[str]:
     return overrides
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_drift(job: Job) -> dict[str, tuple[Any, Any]]:
     """``{key: (value the run was trained with, value the row's config gives now)}``.
 
-    Empty when the run has not started (no ``config.yaml``) or matches. Both sides go through
-    :func:`~sstorch.config.load_config`, so keys added to sstorch later compare at their
-    defaults. A run whose config drifted is *stale*: its numbers belong to another recipe.
+    Empty when the run has not started (no ``config.yaml``) or matches
+    (:func:`sstorch.config.config_drift`). A run whose config drifted is *stale*: its numbers
+    belong to another recipe.
     """
-    from dataclasses import asdict
-
-    from .config import ConfigError, load_config
+    from .config import config_drift as drift
+    from .config import load_config
 
     saved = job.run_dir / "config.yaml"
     if not saved.is_file():
         return {}
-    try:
-        old = _flatten(asdict(load_config(saved)))
-    except (ConfigError, ValueError) as exc:
-        return {"config.yaml": (f"unreadable ({exc})", "the row's config")}
-    new = _flatten(asdict(load_config(job.config, job_overrides(job))))
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)}
-
-
-def _drift_text(drift: dict[str, tuple[Any, Any]]) -> str:
-    return ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in drift.items())
+    return drift(saved, load_config(job.config, job_overrides(job)))
 
 
 def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
@@ -255,7 +236,7 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
     from .train import train
 
     if drift := config_drift(job):
-        raise ValueError(f"{job.run_dir} was trained with another config ({_drift_text(drift)}); "
+        raise ValueError(f"{job.run_dir} was trained with another config ({drift_text(drift)}); "
                          "move that directory away (or run with --move-stale) to retrain it")
     if not job.trained:
         cfg = load_config(job.config, job_overrides(job))
@@ -351,7 +332,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
         if not job.evaluated:
             continue
         if drift := config_drift(job):
-            log(f"!! left out of the table: {job.run_dir} is stale ({_drift_text(drift)})")
+            log(f"!! left out of the table: {job.run_dir} is stale ({drift_text(drift)})")
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
@@ -731,7 +712,7 @@ def handle_stale(m: Manifest, only: set[str] | None, move: bool,
     if not stale:
         return
     if not move:
-        lines = "\n".join(f"  {j.run_dir}: {_drift_text(d)}" for j, d in stale)
+        lines = "\n".join(f"  {j.run_dir}: {drift_text(d)}" for j, d in stale)
         raise ValueError(f"{len(stale)} run(s) were trained with another config than their "
                          f"row's config now:\n{lines}\nmove them away, set a new out_dir in "
                          "sweep.yaml, or pass --move-stale (renames each to "
