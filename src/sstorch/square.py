@@ -17,6 +17,8 @@ __all__ = ["Square"]
 
 # Iterations (on a 10,000-query scale) after which the square's area fraction p halves.
 _P_CHECKPOINTS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+# Queries between two gathers of the still-robust examples (the only host syncs of the search).
+_CHUNK = 100
 
 
 def _margin(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
@@ -93,6 +95,15 @@ class Square:
 
     def _attack(self, model: nn.Module, x: Tensor, labels: Tensor,
                 gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Random search in chunks of ``_CHUNK`` queries, with no host sync inside a chunk.
+
+        At the start of a chunk the still-robust examples are gathered (one sync); inside it
+        every query proposes for all of them and masks the update to those not yet fooled, so
+        nothing waits for a GPU (a per-query gather, boolean index or ``.any()`` would). An
+        example fooled mid-chunk is still evaluated until the chunk ends — at most
+        ``_CHUNK − 1`` forward passes that can no longer change it, and not counted in
+        ``queries_``.
+        """
         n, c, h, w = x.shape
         eps = self.eps
         x_best = (x + eps * self._signs(gen, (n, c, 1, w), x)).clamp(0, 1)
@@ -100,33 +111,39 @@ class Square:
         queries = torch.ones(n, dtype=torch.long, device=x.device)
         rows = torch.arange(h, device=x.device)
         cols = torch.arange(w, device=x.device)
-        for it in range(self.n_queries - 1):
-            active = (margin > 0).nonzero().squeeze(1)
-            if active.numel() == 0:
+        for start in range(0, self.n_queries - 1, _CHUNK):
+            idx = (margin > 0).nonzero().squeeze(1)
+            if idx.numel() == 0:
                 break
-            na = active.numel()
-            s = min(max(round(math.sqrt(self.p_schedule(it) * h * w)), 1), h, w)
-            top = torch.randint(0, h - s + 1, (na,), generator=gen, device=gen.device)
-            left = torch.randint(0, w - s + 1, (na,), generator=gen, device=gen.device)
-            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + s)  # (na, H)
-            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + s)  # (na, W)
-            window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (na, 1, H, W)
-            xa, xb = x[active], x_best[active]
-            x_new = torch.where(window, (xa + eps * self._signs(gen, (na, c, 1, 1), x)).clamp(0, 1),
-                                xb)
-            same = (x_new == xb).flatten(1).all(1)
-            for _ in range(16):  # redraw the signs of proposals that change nothing
-                if not bool(same.any()):
-                    break
-                r = same.nonzero().squeeze(1)
-                cand = (xa[r] + eps * self._signs(gen, (r.numel(), c, 1, 1), x)).clamp(0, 1)
-                x_new[r] = torch.where(window[r], cand, xb[r])
-                same[r] = (x_new[r] == xb[r]).flatten(1).all(1)
-            m_new = _margin(model, x_new, labels[active])
-            queries[active] += 1
-            better = m_new < margin[active]
-            x_best[active[better]] = x_new[better]
-            margin[active[better]] = m_new[better]
+            na = idx.numel()
+            xa, ya, xb, m, q = x[idx], labels[idx], x_best[idx], margin[idx], queries[idx]
+            up, down = (xa + eps).clamp(0, 1), (xa - eps).clamp(0, 1)  # a window's two values
+            for it in range(start, min(start + _CHUNK, self.n_queries - 1)):
+                active = m > 0
+                s = min(max(round(math.sqrt(self.p_schedule(it) * h * w)), 1), h, w)
+                top = torch.randint(0, h - s + 1, (na,), generator=gen, device=gen.device)
+                left = torch.randint(0, w - s + 1, (na,), generator=gen, device=gen.device)
+                in_rows = (rows >= top[:, None]) & (rows < top[:, None] + s)  # (na, H)
+                in_cols = (cols >= left[:, None]) & (cols < left[:, None] + s)  # (na, W)
+                window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (na, 1, H, W)
+                plus, minus = torch.where(window, up, xb), torch.where(window, down, xb)
+                # A proposal that leaves the window unchanged is redrawn (authors' code). Only
+                # the sign per channel matters, so draw the first sign vector and 16 redraws
+                # at once and take the first that changes something: the distribution of
+                # redrawing one at a time, without looking at each draw.
+                same_plus = (plus == xb).flatten(2).all(2)  # (na, C)
+                same_minus = (minus == xb).flatten(2).all(2)
+                draws = torch.randint(0, 2, (17, na, c), generator=gen, device=gen.device) > 0
+                same = torch.where(draws, same_plus, same_minus).all(2)  # (17, na)
+                first = (~same).to(torch.uint8).argmax(0)  # 0 when no draw changes anything
+                sign = draws.gather(0, first.view(1, na, 1).expand(1, na, c))[0]  # (na, C)
+                x_new = torch.where(sign[:, :, None, None], plus, minus)
+                m_new = _margin(model, x_new, ya)
+                better = active & (m_new < m)
+                q += active
+                xb = torch.where(better[:, None, None, None], x_new, xb)
+                m = torch.where(better, m_new, m)
+            x_best[idx], margin[idx], queries[idx] = xb, m, q
         return x_best, queries
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
