@@ -34,7 +34,7 @@ SANITY_NAMES = ["monotone_eps", "large_eps", "iterative_vs_fgsm", "more_steps",
                 "blackbox_vs_whitebox", "deterministic_forward"]
 TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "separable", "n", "eps", "norm",
             "params", "nnz", "compression", "kappa", "clean_acc", "attacks", "robust_acc",
-            "eps_sweep", "sanity", "certified", "seed", "date", "machine"}
+            "eps_sweep", "sanity", "certified", "seed", "date", "machine", "code"}
 FAST = ["--sanity-n", "100", "--square-n", "50", "--square-queries", "300"]
 
 
@@ -297,3 +297,24 @@ def test_config_that_does_not_match_the_weights(run_dir, tmp_path):
     assert "16" in cfg.read_text()
     with pytest.raises(CheckpointError, match="does not match the model"):
         main_eval([str(bad), "--n", "10"])
+
+
+def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    from sstorch import __version__
+    from sstorch.evaluate import code_version
+
+    text = code_version()
+    assert text.startswith(f"sstorch {__version__}")
+    root = Path(__file__).resolve().parents[1]
+    if (root / ".git").exists():  # a checkout (CI clones one): the commit is recorded
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert f"(git {sha}" in text
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)  # no git installed: the version alone
+    assert code_version() == f"sstorch {__version__}"

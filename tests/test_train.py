@@ -207,6 +207,7 @@ def test_pgd_run_with_constraints_and_pruning_writes_everything(tmp_path, spy_at
         assert key in s, key
     assert s["test_n"] == 64
     assert s["machine"].startswith("CPU ") and "torch " in s["machine"]  # where it trained
+    assert s["code"].startswith("sstorch ")  # which code trained it
     assert 0 <= s["test_pgd2_acc"] <= s["test_clean_acc"] <= 1
     assert s["params"] == 250 and s["compression"] > 4
     assert s["nnz"] < s["params"]

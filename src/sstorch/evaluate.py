@@ -33,6 +33,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -571,6 +572,28 @@ def machine_description(device: torch.device) -> str:
     return f"{what}; {platform.system()} {platform.release()}; torch {torch.__version__}"
 
 
+def code_version() -> str:
+    """``"sstorch <version>"``, plus ``(git <commit>[+dirty])`` when the package is a checkout.
+
+    ``+dirty`` means files of the package differ from that commit. Recorded in result files so a
+    number can be traced to the code that produced it.
+    """
+    from . import __version__
+
+    here = Path(__file__).resolve().parent
+    text = f"sstorch {__version__}"
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+
+        sha = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return text
+    return f"{text} (git {sha}{'+dirty' if dirty else ''})"
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -683,7 +706,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "sanity": [asdict(c) for c in checks], "sanity_seconds": sanity_secs,
         "sanity_n": min(sanity_n, res["n"]), "certified": cert, "seed": seed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_description(dev),
+        "machine": machine_description(dev), "code": code_version(),
     }
     result = _json_safe(result)
     out_dir = Path(out) if out is not None else run_dir

@@ -46,7 +46,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_che
 from .config import Config, ConfigError, PruneConfig
 from .constraints import FactorRegularizer, layer_stats, prune_factors
 from .data import DATASET_INFO, build_datasets, canonical_name
-from .evaluate import machine_description
+from .evaluate import code_version, machine_description
 from .models import build_model
 from .separable import SeparableLinear
 from .summary import summary
@@ -519,6 +519,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             "test_n": test["n"], "eps": cfg.attack.eps,
             "eval_seconds": time.perf_counter() - t0,
             "machine": machine_description(device),  # where it was trained (train seconds)
+            "code": code_version(),
             "layers": [st.__dict__ for st in layer_stats(core)],
         }
         (run_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
