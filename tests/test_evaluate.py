@@ -318,3 +318,52 @@ def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)  # no git installed: the version alone
     assert code_version() == f"sstorch {__version__}"
+
+
+def test_an_interrupted_evaluation_resumes_from_its_journal_with_the_same_numbers(tmp_path):
+    from digits_models import undefended
+    from sstorch.attack_registry import make_attack
+
+    model = undefended()
+    x, y = held_out(96)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)  # 3 batches
+    attacks = lambda: {"fgsm": make_attack("fgsm", 0.05),  # noqa: E731
+                       "pgd": make_attack("pgd", 0.05, steps=3)}
+    whole = evaluate_attacks(model, loader, attacks(), 0.05, seed=3)
+
+    class Dies:  # the process is killed while attacking the second batch
+        calls = 0
+
+        def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+            Dies.calls += 1
+            if Dies.calls == 2:
+                raise KeyboardInterrupt
+            return make_attack("pgd", 0.05, steps=3)(model, images, labels)
+
+    journal = tmp_path / "eval.journal.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_attacks(model, loader, {**attacks(), "pgd": Dies()}, 0.05, seed=3,
+                         journal=journal, journal_key="k")
+    assert len(journal.read_text().splitlines()) == 1  # batch 0 finished
+    with open(journal, "a") as f:
+        f.write('{"key": "k", "batch": 1, "n"')  # a line torn by the kill is ignored
+    lines = []
+    resumed = evaluate_attacks(model, loader, attacks(), 0.05, seed=3, journal=journal,
+                               journal_key="k", log=lines.append)
+    assert resumed["resumed_batches"] == 1 and "after 1 finished batches" in lines[0]
+    for key in ("n", "clean_acc", "robust_acc"):
+        assert resumed[key] == whole[key], key
+    assert {a: v["acc"] for a, v in resumed["attacks"].items()} == \
+        {a: v["acc"] for a, v in whole["attacks"].items()}
+    assert {a: v["n_attacked"] for a, v in resumed["attacks"].items()} == \
+        {a: v["n_attacked"] for a, v in whole["attacks"].items()}
+    # another key (e.g. another checkpoint or ε) reuses nothing
+    fresh = evaluate_attacks(model, loader, attacks(), 0.05, seed=3, journal=journal,
+                             journal_key="other")
+    assert fresh["resumed_batches"] == 0 and fresh["robust_acc"] == whole["robust_acc"]
+
+
+def test_eval_run_removes_its_journal_when_done(run_dir, tmp_path):
+    out = tmp_path / "e"
+    r = _eval(run_dir, "--out", str(out))
+    assert r["resumed_batches"] == 0 and not (out / "eval.journal.jsonl").exists()

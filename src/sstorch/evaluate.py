@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import itertools
 import json
 import math
@@ -154,9 +155,26 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)
 
 
+def _read_journal(path: Path, key: str) -> dict[int, dict[str, Any]]:
+    """Finished batches recorded under ``key`` (other keys and a torn last line are ignored)."""
+    done: dict[int, dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # the line being written when the process died
+            continue
+        if isinstance(rec, dict) and rec.get("key") == key:
+            done[int(rec["batch"])] = rec
+    return done
+
+
 def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, Attack],
                      eps: float, seed: int = 0, device: torch.device | str | None = None,
-                     fast: bool = True, progress: bool = False) -> dict[str, Any]:
+                     fast: bool = True, progress: bool = False,
+                     journal: str | os.PathLike | None = None, journal_key: str = "",
+                     log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Clean accuracy, per-attack accuracy and wall time, and per-example worst-case accuracy.
 
     ``robust_acc = (1/n) Σ_i 1[f(x_i) = y_i ∧ ∀a ∈ attacks: f(a(x_i)) = y_i]``. With ``fast``
@@ -164,9 +182,16 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     after attacks 1..k (cumulative, in dict order); without it, on every clean-correct example
     (stand-alone accuracy). Each (attack, batch) call is seeded from ``(seed, batch, k)``.
 
+    With ``journal`` (a file path) each finished batch's counts are appended to it as one JSON
+    line tagged ``journal_key``; a later call with the same key skips the batches found there,
+    so an interrupted evaluation resumes where it stopped and, every batch being seeded on its
+    own, ends with the same numbers. ``journal_key`` must change whenever anything that
+    decides a batch's outcome changes (model, data, attacks, ε, seed, batch size).
+
     Returns:
         ``{"n", "clean_acc", "clean_seconds", "robust_acc", "attacks": {name: {"acc",
-        "seconds", "n_attacked"}}}``.
+        "seconds", "n_attacked"}}, "resumed_batches", "resumed_seconds"}`` (the last two:
+        batches taken from the journal and the attack seconds they had cost).
     """
     device = _device_of(model, device)
     names = list(attacks)
@@ -175,10 +200,28 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     tried = dict.fromkeys(names, 0)
     n = n_clean = n_robust = 0
     clean_secs = 0.0
+    resumed_secs = 0.0
+    jpath = Path(journal) if journal is not None else None
+    done = _read_journal(jpath, journal_key) if jpath is not None else {}
+    if done and log is not None:
+        log(f"resuming the attacks after {len(done)} finished batches ({jpath})")
     bar = tqdm(total=len(loader.dataset), unit="img", desc="attacks", disable=not progress,
                leave=False, dynamic_ncols=True, file=sys.stderr)
     with _frozen(model), bar:
         for b, (x, y) in enumerate(loader):
+            if b in done:
+                rec = done[b]
+                n, n_clean = n + rec["n"], n_clean + rec["clean"]
+                n_robust += rec["robust"]
+                clean_secs += rec["clean_seconds"]
+                resumed_secs += rec["clean_seconds"] + sum(rec["seconds"].values())
+                for name in names:
+                    hits[name] += rec["hits"][name]
+                    secs[name] += rec["seconds"][name]
+                    tried[name] += rec["tried"][name]
+                bar.update(rec["n"])
+                continue
+            before = (dict(hits), dict(secs), dict(tried), clean_secs)
             x, y = x.to(device), y.to(device)
             t0 = time.perf_counter()
             correct = _predict(model, x) == y
@@ -204,6 +247,17 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
             n += y.numel()
             n_clean += int(correct.sum())
             n_robust += int(robust.sum())
+            if jpath is not None:
+                rec = {"key": journal_key, "batch": b, "n": y.numel(),
+                       "clean": int(correct.sum()), "robust": int(robust.sum()),
+                       "clean_seconds": clean_secs - before[3],
+                       "hits": {a: hits[a] - before[0][a] for a in names},
+                       "seconds": {a: secs[a] - before[1][a] for a in names},
+                       "tried": {a: tried[a] - before[2][a] for a in names}}
+                with open(jpath, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
             bar.update(y.numel())
             bar.set_postfix(clean=f"{n_clean / n:.3f}", robust=f"{n_robust / n:.3f}")
     n_div = max(n, 1)
@@ -212,6 +266,7 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
         "robust_acc": n_robust / n_div,
         "attacks": {a: {"acc": hits[a] / n_div, "seconds": secs[a], "n_attacked": tried[a]}
                     for a in names},
+        "resumed_batches": len(done), "resumed_seconds": resumed_secs,
     }
 
 
@@ -673,8 +728,18 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
     if unknown:
         raise ValueError(f"attack_kwargs names attacks not in the list {names}: {sorted(unknown)}")
     objs = {a: _make_attack(a, eps, seed, **kw.get(a, {})) for a in names if a != "clean"}
+    out_dir = Path(out) if out is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # An interrupted evaluation resumes from here, batch by batch, as long as nothing that
+    # decides a batch's outcome changed (the key); eval.json replaces the journal at the end.
+    journal = out_dir / "eval.journal.jsonl"
+    key = hashlib.sha256(json.dumps({
+        "checkpoint": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
+        "dataset": cfg.data.name, "n": len(ds), "batch_size": bs, "attacks": names,
+        "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type,
+        "code": code_version()}, sort_keys=True, default=str).encode()).hexdigest()
     res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
-                           progress=True)
+                           progress=True, journal=journal, journal_key=key, log=log)
     table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
                        "n_attacked": res["n"]}} if "clean" in names else {}
     table.update(res["attacks"])
@@ -702,17 +767,19 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "norm": "Linf", "params": s.total_params, "nnz": s.total_nnz,
         "compression": s.compression, "kappa": math.prod(kappas) if kappas else None,
         "clean_acc": res["clean_acc"], "attacks": table, "robust_acc": res["robust_acc"],
-        "fast_path": fast, "eps_sweep": sweep, "eps_sweep_seconds": sweep_secs,
+        "fast_path": fast, "resumed_batches": res["resumed_batches"],
+        "resumed_seconds": res["resumed_seconds"],
+        "eps_sweep": sweep, "eps_sweep_seconds": sweep_secs,
         "sanity": [asdict(c) for c in checks], "sanity_seconds": sanity_secs,
         "sanity_n": min(sanity_n, res["n"]), "certified": cert, "seed": seed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(dev), "code": code_version(),
     }
     result = _json_safe(result)
-    out_dir = Path(out) if out is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n",
-                                       encoding="utf-8")
+    tmp = out_dir / "eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out_dir / "eval.json")
+    journal.unlink(missing_ok=True)
     (out_dir / "eval.md").write_text(render_markdown(result), encoding="utf-8")
     log(f"clean {result['clean_acc']:.4f}, robust {result['robust_acc']:.4f} (ε={eps:g}); "
         f"sanity {sum(c.passed for c in checks)}/{len(checks)} passed; "

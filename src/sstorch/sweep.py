@@ -252,7 +252,9 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
             attack_kwargs={"pgd": {"steps": int(ev["pgd_steps"]),
                                    "restarts": int(ev["pgd_restarts"])}}, log=log)
         record = {"method": job.method, "seed": job.seed, "eval": dict(ev),
-                  "eval_seconds": time.perf_counter() - t0, "robust_acc": result["robust_acc"],
+                  # wall time, plus what batches finished before an interruption had cost
+                  "eval_seconds": time.perf_counter() - t0 + result.get("resumed_seconds", 0.0),
+                  "robust_acc": result["robust_acc"],
                   "log10_kappa_fc": log10_kappa_fc(job.run_dir), "kappa_rule": KAPPA_RULE}
         tmp = job.run_dir / "sweep.json.tmp"
         tmp.write_text(json.dumps(record, indent=2) + "\n")
