@@ -427,3 +427,34 @@ def test_no_unsafe_deserialisation_in_source():
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve"}
+
+
+def test_a_flipped_bit_in_tensor_data_is_detected(tmp_path):
+    good = tmp_path / "best.safetensors"
+    save_checkpoint(good, Net())
+    data = bytearray(good.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    path = tmp_path / "last.safetensors"
+    data[8 + header + 5] ^= 0x01  # inside the first tensor's bytes: the file still parses
+    path.write_bytes(bytes(data))
+    for load in (lambda: load_checkpoint(path, Net()), lambda: load_weights(path)):
+        with pytest.raises(CheckpointError, match="does not match its SHA-256") as err:
+            load()
+        assert str(path) in str(err.value) and str(good) in str(err.value)
+    load_checkpoint(good, Net())  # the intact file still loads
+
+
+def test_checkpoints_without_checksums_still_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "old.safetensors"
+    net = Net()
+    save_checkpoint(path, net)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    doc = json.loads(meta["sstorch"])
+    del doc["sha256"]  # as written by sstorch before checksums
+    save_file(tensors, str(path), metadata={**meta, "sstorch": json.dumps(doc)})
+    load_checkpoint(path, Net())

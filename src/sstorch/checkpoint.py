@@ -17,7 +17,11 @@ Layout::
     metadata key       content (safetensors metadata is dict[str, str])
     format_version     "1"
     sstorch            JSON: {"format_version", "torch_version", "model", "optim", "sched",
-                              "rng", "extra"}
+                              "rng", "extra", "sha256"}
+
+``sha256`` maps every tensor key to the SHA-256 of its bytes; loading verifies each tensor it
+reads, so a flipped bit in a correctly sized file is an error, not silently wrong weights
+(checkpoints written before checksums load unverified).
 
 Inside the JSON every tensor is replaced by a reference ``{"__tensor__": "<key>"}``, tuples by
 ``{"__tuple__": [...]}`` and dicts with non-string keys (the optimizer's ``state`` maps a
@@ -46,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -350,8 +355,16 @@ def save_checkpoint(
             )
     if rng:
         doc["rng"] = _rng_state(tensors)
+    stored = _storable(tensors)
+    doc["sha256"] = {k: _digest(t) for k, t in stored.items()}
     metadata = {"format_version": str(FORMAT_VERSION), _META_KEY: json.dumps(doc)}
-    _atomic_write(_storable(tensors), metadata, path)
+    _atomic_write(stored, metadata, path)
+
+
+def _digest(t: Tensor) -> str:
+    """SHA-256 of a tensor's raw bytes (row-major, as safetensors stores them)."""
+    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
 
 
 def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -420,6 +433,13 @@ def _read(path: PathLike, want: Callable[[str], bool]) -> tuple[dict[str, Any], 
         raise
     except Exception as exc:  # safetensors, JSON and OS errors all mean an unusable file
         raise _corrupted(path, exc) from exc
+    sums = doc.get("sha256") or {}  # absent in checkpoints written before checksums
+    if bad := [k for k, t in tensors.items() if k in sums and _digest(t) != sums[k]]:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the data of {len(bad)} tensor(s) "
+            f"({', '.join(bad[:_MAX_LISTED])}) does not match its SHA-256 checksum (a damaged "
+            f"disk, copy or download); delete it or {_fallback(p)}"
+        )
     return doc, tensors
 
 
