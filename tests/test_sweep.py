@@ -267,6 +267,13 @@ def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
     runs = [run(0, cpu, 1000.0), run(1, cpu, 40.0, trained_on=gpu)]
     table = render_table(summarize([r for r, _ in runs], [d for _, d in runs]))
     assert "| 1000 (CPU, 1) / 40 (NVIDIA H200, 1) | 260 |" in table
+    # a row trained only on the GPU in a table trained mostly on the CPU names its device
+    other = dict(runs[1][0], method="sep")
+    rows = [runs[0][0], dict(runs[0][0], seed=1), other]
+    details = [runs[0][1], runs[0][1], runs[1][1]]
+    table = render_table(summarize(rows, details))
+    assert "| dense | 2 |" in table and "| 1000 | 500 |" in table
+    assert "| 40 (NVIDIA H200) | 20 |" in table
 
 
 def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, capsys):

@@ -36,6 +36,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -424,11 +425,16 @@ def device_label(machine: str | None) -> str:
     return "CPU" if first.startswith("CPU") else first
 
 
-def _fmt_seconds(e: dict[str, Any], key: str, device_key: str) -> str:
-    """Mean seconds over seeds, one mean per device when seeds ran on different devices."""
+def _fmt_seconds(e: dict[str, Any], key: str, device_key: str, usual: str | None = None) -> str:
+    """Mean seconds over seeds, one mean per device when seeds ran on different devices.
+
+    A row whose seeds all ran on one device other than ``usual`` (the table's most common
+    device for this column) names it: ``"99 (NVIDIA H200)"``.
+    """
     devices = e["vals"][device_key]
     if len(set(devices)) == 1:
-        return f"{e['stats'][key][0]:.0f}"
+        mean = f"{e['stats'][key][0]:.0f}"
+        return mean if devices[0] == usual or usual is None else f"{mean} ({devices[0]})"
     parts = []
     for dev in dict.fromkeys(devices):
         vals = [v for v, d in zip(e["vals"][key], devices, strict=True) if d == dev]
@@ -446,6 +452,12 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
     head = ("| method | seeds | params | nnz | compression | clean % | PGD-50 % | AutoAttack % "
             "| log10 κ(FC) | sanity | train s | eval s |")
     lines = [head, "|" + "---|" * 12]
+
+    def usual(device_key: str) -> str | None:
+        counts = Counter(d for e in summary_rows for d in e["vals"][device_key])
+        return counts.most_common(1)[0][0] if counts else None
+
+    usual_train, usual_eval = usual("train_device"), usual("device")
     for e in summary_rows:
         s, n = e["stats"], len(e["seeds"])
         kappa = s["log10_kappa"][0]
@@ -455,13 +467,14 @@ def render_table(summary_rows: Sequence[dict[str, Any]]) -> str:
             f"| {s['compression'][0]:.1f}× | {_fmt_acc(s['clean_acc'], n)} "
             f"| {_fmt_acc(s['pgd50_acc'], n)} | {_fmt_acc(s['autoattack_acc'], n)} "
             f"| {kappa_text} | {', '.join(e['vals']['sanity'])} "
-            f"| {_fmt_seconds(e, 'train_seconds', 'train_device')} "
-            f"| {_fmt_seconds(e, 'eval_seconds', 'device')} |")
+            f"| {_fmt_seconds(e, 'train_seconds', 'train_device', usual_train)} "
+            f"| {_fmt_seconds(e, 'eval_seconds', 'device', usual_eval)} |")
     machines = sorted({m for e in summary_rows for m in e.get("machines", ())})
     lines += ["", "Seconds are means per run (training: Σ epoch wall time incl. per-epoch "
               "validation; evaluation: everything of `sstorch eval` incl. AutoAttack, ε sweep "
               "and sanity checks); where a row's seeds ran on different devices, one mean per "
-              "device (device, seeds). Machines: " + "; ".join(machines) + "."]
+              "device (device, seeds), and a row that ran elsewhere than most names its device. "
+              "Machines: " + "; ".join(machines) + "."]
     return "\n".join(lines) + "\n"
 
 
