@@ -649,6 +649,15 @@ def code_version() -> str:
     return f"{text} (git {sha}{'+dirty' if dirty else ''})"
 
 
+def _package_digest() -> str:
+    """SHA-256 over the source of every sstorch module: changes with the code, not with commits
+    that touch only docs, results or tests."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -737,7 +746,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "checkpoint": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
         "dataset": cfg.data.name, "n": len(ds), "batch_size": bs, "attacks": names,
         "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type,
-        "code": code_version()}, sort_keys=True, default=str).encode()).hexdigest()
+        "code": _package_digest()}, sort_keys=True, default=str).encode()).hexdigest()
     res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
                            progress=True, journal=journal, journal_key=key, log=log)
     table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
