@@ -145,6 +145,42 @@ def test_tensorized_forward_is_its_dense_weight_and_decomposition_recovers_it(fa
 
 
 @needs_tltorch
+@pytest.mark.parametrize(("in_shape", "out_shape", "rank"), [
+    ((28, 28), (32, 32), 6), ((2, 3, 4), (3, 5), 0.3), ((8, 8), (10,), 3)])
+def test_tucker_contraction_is_the_dense_weight_without_forming_it(in_shape, out_shape, rank):
+    """Our factor-by-factor Tucker forward = x Wᵀ + b for any number of modes and unequal ranks,
+    in values and input gradients, and it costs what macs_per_example says (far below mn)."""
+    torch.manual_seed(0)
+    layer = TensorizedLinear(in_shape, out_shape, "tucker", rank)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    x = torch.randn(3, 4, layer.in_features, requires_grad=True)
+    y = layer(x)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = ref_x @ layer.to_dense().T + layer.bias
+    assert y.shape == (3, 4, layer.out_features)
+    scale = ref.abs().max()
+    torch.testing.assert_close(y / scale, ref / scale, atol=1e-5, rtol=0)
+    probe = torch.randn_like(y)
+    (g,) = torch.autograd.grad((y * probe).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * probe).sum(), ref_x)
+    torch.testing.assert_close(g / g_ref.abs().max(), g_ref / g_ref.abs().max(), atol=1e-5, rtol=0)
+    r = layer.rank
+    k = len(out_shape)
+    by_hand = math.prod(r)  # core
+    for j in range(len(in_shape)):
+        by_hand += math.prod(r[k:][: j + 1]) * math.prod(in_shape[j:])
+    for j in range(k):
+        by_hand += math.prod(out_shape[: j + 1]) * math.prod(r[:k][j:])
+    assert layer.macs_per_example() == by_hand
+    if rank == 6:
+        assert by_hand < layer.in_features * layer.out_features / 50
+    with pytest.raises(ValueError, match=f"expected inputs with {layer.in_features} features"):
+        layer(torch.randn(2, layer.in_features + 1))
+
+
+@needs_tltorch
 def test_two_mode_tt_is_a_sum_of_kronecker_products():
     """TT-matrix with K = 2 cores of rank r = Σ_α G1[..., α] ⊗ G2[α]: a SeparableLinear."""
     layer = TensorizedLinear((4, 3), (2, 5), "tt", 2)
