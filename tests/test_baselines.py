@@ -27,11 +27,12 @@ from sstorch.baselines import (
     keep_schedule,
     prune_linear_,
     remove_linear_masks_,
+    sparse_inference,
 )
 from sstorch.checkpoint import load_checkpoint, save_checkpoint
 from sstorch.config import ConfigError, load_config
 from sstorch.data import DATASET_INFO
-from sstorch.evaluate import lipschitz_bound, load_run
+from sstorch.evaluate import _frozen, lipschitz_bound, load_run
 from sstorch.kronecker import kron
 from sstorch.models import build_model
 from sstorch.summary import summary
@@ -248,6 +249,40 @@ def test_pruning_keeps_exactly_the_requested_weights(scope):
     # 10 % of the 1,650 weights is more than is left: nothing masked is revived
     assert sum(prune_linear_(model, sparsity=0.9, scope=scope).values()) == 97
     assert _weight_nnz(model) == 97
+
+
+def test_sparse_inference_computes_the_same_function_and_input_gradients():
+    """A pruned Linear at ≤ 10 % density runs with a CSR weight inside the block (values and
+    input gradients equal to the dense product), a denser one stays dense, and everything is
+    restored afterwards; evaluation (`_frozen`) uses it."""
+    model = _mlp()
+    kept = prune_linear_(model, keep=60, scope="layer")  # ≤ 10 % of every layer
+    with torch.no_grad():  # the head back to 100 % dense, still carrying a mask
+        model[4].weight.copy_(_mlp()[4].weight)
+        model[4].weight_mask.fill_(1)
+    assert sum(kept.values()) == 60
+    x = torch.rand(7, model[0].in_features, requires_grad=True)
+    dense_y = model(x)
+    (dense_g,) = torch.autograd.grad(dense_y.square().sum(), x)
+    with sparse_inference(model) as n:
+        assert n == 2
+        assert [("forward" in vars(m)) for m in (model[0], model[2], model[4])] == [
+            True, True, False]
+        assert model[0]._csr_weight.layout == torch.sparse_csr
+        y = model(x)
+        (g,) = torch.autograd.grad(y.square().sum(), x)
+        with sparse_inference(model) as inner:  # nested: nothing swapped twice
+            assert inner == 0
+        assert "forward" in vars(model[0])
+    torch.testing.assert_close(y, dense_y, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g, dense_g, atol=1e-6, rtol=1e-5)
+    assert not any("forward" in vars(m) or hasattr(m, "_csr_weight") for m in model)
+    with _frozen(model):
+        assert "forward" in vars(model[0])
+        torch.testing.assert_close(model(x), dense_y, atol=1e-6, rtol=1e-5)
+    assert "forward" not in vars(model[0])
+    with sparse_inference(_mlp()) as none:  # nothing pruned: nothing to do
+        assert none == 0
 
 
 def test_pruning_schedule_is_monotone_and_geometric():

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .baselines import LowRankLinear, TensorizedLinear
+from .baselines import LowRankLinear, TensorizedLinear, sparse_inference
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import Config, ConfigError, load_config
 from .constraints import layer_stats
@@ -102,14 +102,16 @@ def _seeded(seed: int, *salt: int, device: torch.device) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode without parameter gradients (attacks need input gradients only)."""
+    """``model`` in eval mode without parameter gradients (attacks need input gradients only);
+    pruned Linear layers run with sparse weights (:func:`sstorch.baselines.sparse_inference`)."""
     modes = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
     model.eval()
     for p in grads:
         p.requires_grad_(False)
     try:
-        yield model
+        with sparse_inference(model):
+            yield model
     finally:
         for m, training in modes.items():
             m.training = training
