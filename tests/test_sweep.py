@@ -123,6 +123,14 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
     for d in details:  # κ of every FC matrix, product over layers (finite for these MLPs)
         assert math.isfinite(float(d["log10_kappa_fc"])) and float(d["log10_kappa_fc"]) > 0
         assert d["sanity_passed"] == d["sanity_total"] == "6"
+        run = root / "runs" / d["method"] / f"seed{d['seed']}"
+        with open(run / "metrics.csv", newline="") as f:
+            epochs = list(csv.DictReader(f))
+        assert float(d["final_train_loss"]) == round(float(epochs[-1]["train_loss"]), 4)
+        best = epochs[int(d["best_epoch"]) - 1]  # the epoch best.safetensors was saved at
+        assert float(d["best_val_robust_acc"]) == float(best["val_robust_acc"]) == max(
+            float(e["val_robust_acc"]) for e in epochs[: int(d["best_epoch"])])
+        assert float(d["best_val_clean_acc"]) == float(best["val_clean_acc"])
     assert (root / "fig" / "pareto_autoattack.png").stat().st_size > 1000
     assert (root / "fig" / "eps_sweep.png").stat().st_size > 1000
 

@@ -52,7 +52,8 @@ __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job
 CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
                "autoattack_acc", "train_seconds"]
 DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
-                  "eval_seconds", "machine", "train_machine", "date"]
+                  "eval_seconds", "final_train_loss", "final_train_adv_acc", "best_epoch",
+                  "best_val_clean_acc", "best_val_robust_acc", "machine", "train_machine", "date"]
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
 CLAIM_KINDS = {"within", "beats", "ablation"}
@@ -310,6 +311,31 @@ def _train_seconds(run_dir: Path) -> float:
         return sum(float(r["epoch_seconds"]) for r in csv.DictReader(f))
 
 
+def _training_end(run_dir: Path) -> dict[str, Any]:
+    """How training ended, from ``metrics.csv`` and the best checkpoint's metadata: the last
+    epoch's adversarial training loss and accuracy, and the epoch kept as ``best`` (highest
+    validation robust accuracy) with its validation accuracies; blanks where a run lacks them."""
+    from .checkpoint import read_metadata
+
+    with open(run_dir / "metrics.csv", newline="") as f:
+        epochs = list(csv.DictReader(f))
+    out: dict[str, Any] = dict.fromkeys(("final_train_loss", "final_train_adv_acc", "best_epoch",
+                                         "best_val_clean_acc", "best_val_robust_acc"))
+    if not epochs:
+        return out
+    last = epochs[-1]
+    out["final_train_loss"] = round(float(last["train_loss"]), 4)
+    out["final_train_adv_acc"] = round(float(last["train_adv_acc"]), 4)
+    best = run_dir / "best.safetensors"
+    epoch = read_metadata(best).get("epoch") if best.is_file() else None
+    row = next((r for r in epochs if epoch is not None and int(r["epoch"]) == int(epoch)), None)
+    if row is not None:
+        out["best_epoch"] = int(epoch)
+        out["best_val_clean_acc"] = float(row["val_clean_acc"])
+        out["best_val_robust_acc"] = float(row["val_robust_acc"])
+    return out
+
+
 def _reference_params(m: Manifest) -> int:
     from .config import load_config
     from .data import DATASET_INFO, canonical_name
@@ -359,7 +385,8 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             "method": job.method, "seed": job.seed, "log10_kappa_fc": sw.get("log10_kappa_fc"),
             "sanity_passed": sum(bool(c["passed"]) for c in sanity),
             "sanity_total": len(sanity), "eval_n": ev["n"],
-            "eval_seconds": round(sw["eval_seconds"], 1), "machine": ev.get("machine"),
+            "eval_seconds": round(sw["eval_seconds"], 1), **_training_end(job.run_dir),
+            "machine": ev.get("machine"),
             # older runs did not record where they were trained: the evaluation machine then
             "train_machine": trained_on or ev.get("machine"),
             "date": ev.get("date"), "eps_sweep": ev.get("eps_sweep"),
