@@ -255,6 +255,9 @@ def test_paper_row_sizes_match_the_issue() -> None:
             {k: v for k, v in both.items() if not k.startswith("lambda")}, stem
     for stem in ("lowrank-mlp-200x", "tucker-mlp-200x", "tt-mlp-200x"):
         assert 0.9 <= _paper_params(stem) / small <= 1.25, stem  # the same budget
+    # the narrower dense MLPs: as many parameters as fit under each separable row's
+    assert 0.99 <= _paper_params("narrow-mlp-200x") / small <= 1.0
+    assert 0.99 <= _paper_params("narrow-mlp-10x") / _paper_params("sep-mlp-10x") <= 1.0
     prune = load_config(PAPER_DIR / "prune-mlp-200x.yaml")
     biases = 1024 + 1024 + 10
     assert 0.9 <= (prune.prune.keep + biases) / small <= 1.1
