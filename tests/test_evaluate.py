@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import sstorch
 from digits_models import fit, held_out
 from sstorch.checkpoint import CheckpointError
 from sstorch.config import load_config
@@ -367,3 +368,36 @@ def test_eval_run_removes_its_journal_when_done(run_dir, tmp_path):
     out = tmp_path / "e"
     r = _eval(run_dir, "--out", str(out))
     assert r["resumed_batches"] == 0 and not (out / "eval.journal.jsonl").exists()
+
+
+def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
+    """Editing the sweep or training code keeps a half-finished evaluation resumable; editing an
+    attack does not. The excluded modules are really out of evaluation's reach: no other sstorch
+    module imports them, even lazily inside a function."""
+    import ast
+
+    from sstorch.evaluate import _NOT_EVALUATION, _package_digest
+
+    pkg = Path(sstorch.__file__).resolve().parent
+    for name in ("apgd.py", "sweep.py", "train.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    before = _package_digest(tmp_path)
+    (tmp_path / "sweep.py").write_text("x = 2\n")
+    (tmp_path / "train.py").write_text("x = 2\n")
+    assert _package_digest(tmp_path) == before
+    (tmp_path / "apgd.py").write_text("x = 2\n")
+    assert _package_digest(tmp_path) != before
+    excluded = {n.removesuffix(".py") for n in _NOT_EVALUATION}
+    for path in pkg.glob("*.py"):
+        if path.name in _NOT_EVALUATION:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
+                if node.level == 0 and not (node.module or "").startswith("sstorch"):
+                    continue
+            elif isinstance(node, ast.Import):
+                names = {a.name.split(".")[-1] for a in node.names if a.name.startswith("sstorch")}
+            else:
+                continue
+            assert not names & excluded, f"{path.name} imports {names & excluded}"

@@ -651,12 +651,21 @@ def code_version() -> str:
     return f"{text} (git {sha}{'+dirty' if dirty else ''})"
 
 
-def _package_digest() -> str:
-    """SHA-256 over the source of every sstorch module: changes with the code, not with commits
-    that touch only docs, results or tests."""
+# Modules that evaluation never imports (training, orchestration, export, benchmarks): editing
+# them cannot change an evaluation's numbers, so they stay out of the journal key. A new module is
+# in the key until it is listed here.
+_NOT_EVALUATION = frozenset({"__main__.py", "bench.py", "cli.py", "export.py", "packing.py",
+                             "report.py", "sweep.py", "train.py"})
+
+
+def _package_digest(root: Path | None = None) -> str:
+    """SHA-256 over the source of every sstorch module evaluation can run (all but
+    ``_NOT_EVALUATION``): changes with that code, not with commits that touch only docs, results,
+    tests, training or the sweep."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted((root or Path(__file__).resolve().parent).glob("*.py")):
+        if path.name not in _NOT_EVALUATION:
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
