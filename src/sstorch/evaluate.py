@@ -669,6 +669,11 @@ def _package_digest(root: Path | None = None) -> str:
     return h.hexdigest()
 
 
+# The source this process loaded (computed at import, so a module edited on disk while a long
+# sweep runs cannot lend its digest to results of the code in memory).
+_LOADED_DIGEST = _package_digest()
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
@@ -757,7 +762,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "checkpoint": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
         "dataset": cfg.data.name, "n": len(ds), "batch_size": bs, "attacks": names,
         "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type,
-        "code": _package_digest()}, sort_keys=True, default=str).encode()).hexdigest()
+        "code": _LOADED_DIGEST}, sort_keys=True, default=str).encode()).hexdigest()
     res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
                            progress=True, journal=journal, journal_key=key, log=log)
     table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
