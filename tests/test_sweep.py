@@ -156,11 +156,13 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
 
 
 def _entry(method: str, accs: list[float]) -> dict:
+    from sstorch.sweep import _mean_std
+
     n = len(accs)
-    mean = sum(accs) / n
+    mean, std = _mean_std(accs)
     return {"method": method, "seeds": list(range(n)),
             "vals": {"autoattack_acc": list(accs), "clean_acc": [a + 0.1 for a in accs]},
-            "stats": {"autoattack_acc": (mean, 0.0), "clean_acc": (mean + 0.1, 0.0)}}
+            "stats": {"autoattack_acc": (mean, std), "clean_acc": (mean + 0.1, std)}}
 
 
 def test_claims_are_checked_against_the_means():
@@ -187,6 +189,20 @@ def test_claims_are_checked_against_the_means():
     assert "seed-matched" not in render_claims([{**beats, "others": ["prune"]}], rows)
     abl = {"kind": "ablation", "reference": "none", "others": ["sep300"], "metric": "clean_acc"}
     assert "`sep300` 66.00 % (1 seed): +1.00 points" in render_claims([abl], rows)
+    # a difference smaller than the seed-to-seed std (sample std of 60 and 62 %: 1.41) says so
+    close = [_entry("a2", [0.60, 0.62]), _entry("b1", [0.605]), _entry("c1", [0.55])]
+    text = render_claims([{"kind": "beats", "method": "a2", "others": ["b1", "c1"]}], close)
+    assert "+0.50 points (seed-matched, seed 0: -0.50) → beats, less than the seed spread " \
+        "±1.41\n" in text
+    assert "+6.00 points (seed-matched, seed 0: +5.00) → beats\n" in text
+    assert "**beats every one** — 1 of the differences is smaller than the seed-to-seed" in text
+    text = render_claims([{"kind": "within", "method": "b1", "reference": "a2",
+                           "points": 1.5}], close)
+    assert "→ **holds** (bar: at most 1.5 points below, the margin to the bar is within the " \
+        "seed spread ±1.41)" in text
+    text = render_claims([{"kind": "ablation", "reference": "a2", "others": ["b1", "c1"]}], close)
+    assert "-0.50 points (seed-matched, seed 0: +0.50), less than the seed spread ±1.41\n" in text
+    assert "-6.00 points (seed-matched, seed 0: -5.00)\n" in text
 
 
 def test_claims_must_name_rows(tmp_path):

@@ -534,6 +534,17 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
         return f" (seed-matched, seed{'s' if len(common) > 1 else ''} " \
             f"{', '.join(map(str, common))}: {d:+.2f})"
 
+    def spread(*names: str) -> float | None:
+        """The larger seed-to-seed std (points) of the rows with ≥ 2 seeds, if any."""
+        stds = [100 * by_method[n]["stats"][metric][1] for n in names
+                if n in by_method and len(by_method[n]["seeds"]) > 1]
+        return max(stds) if stds else None
+
+    def noise(d: float, *names: str) -> str:
+        """`` (less than the seed spread ±s)`` when the difference is smaller than it."""
+        s = spread(*names)
+        return "" if s is None or abs(d) >= s else f", less than the seed spread ±{s:.2f}"
+
     def fmt(name: str) -> str:
         v = stat(name)
         return f"`{name}` pending" if v is None else f"`{name}` {v[0]:.2f} % ({v[1]} seed" \
@@ -549,10 +560,11 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
         verdict = ("**holds, and matches or beats the reference**" if d >= 0 else
                    "**holds**" if d >= -pts else "**does not hold**")
         return [f"- {label}: {fmt(a)} vs {fmt(b)}: {d:+.2f} points{matched(a, b)} → {verdict} "
-                f"(bar: at most {pts:g} points below)"]
+                f"(bar: at most {pts:g} points below"
+                f"{noise(d + pts, a, b).replace('less than', 'the margin to the bar is within')})"]
     if kind == "beats":
         a = claim["method"]
-        lines, wins, pending = [], 0, 0
+        lines, wins, pending, close = [], 0, 0, 0
         for o in claim.get("others", []):
             va, vo = stat(a), stat(o)
             if va is None or vo is None:
@@ -561,19 +573,24 @@ def _claim_lines(claim: dict[str, Any], by_method: dict[str, dict[str, Any]]) ->
                 continue
             d = va[0] - vo[0]
             wins += d > 0
+            close += bool(noise(d, a, o))
             lines.append(f"  - vs {fmt(o)}: {d:+.2f} points{matched(a, o)} → "
-                         f"{'beats' if d > 0 else 'loses'}")
+                         f"{'beats' if d > 0 else 'loses'}{noise(d, a, o)}")
         n = len(claim.get("others", []))
         verdict = ("**pending**" if pending and wins == n - pending else
                    "**beats every one**" if wins == n else
                    f"**beats {wins} of {n}**" + (f" ({pending} pending)" if pending else ""))
+        if close and verdict != "**pending**":
+            verdict += (f" — {close} of the differences {'is' if close == 1 else 'are'} smaller "
+                        "than the seed-to-seed spread")
         return [f"- {label}: {fmt(a)} against each baseline: {verdict}", *lines]
     ref = claim["reference"]
     lines = [f"- {label}, relative to {fmt(ref)}:"]
     for o in claim.get("others", []):
         vr, vo = stat(ref), stat(o)
         delta = ("pending" if vr is None or vo is None
-                 else f"{vo[0] - vr[0]:+.2f} points{matched(o, ref)}")
+                 else f"{vo[0] - vr[0]:+.2f} points{matched(o, ref)}"
+                 f"{noise(vo[0] - vr[0], o, ref)}")
         lines.append(f"  - {fmt(o)}: {delta}")
     return lines
 
