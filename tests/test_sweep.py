@@ -41,6 +41,7 @@ def _write_sweep(root: Path, rows: list[dict], **manifest: object) -> Path:
     tree = {
         "out_dir": str(root / "runs"), "csv": str(root / "out" / "r.csv"),
         "details_csv": str(root / "out" / "d.csv"), "figures": str(root / "fig"),
+        "training_csv": str(root / "out" / "t.csv"),
         "markdown": str(root / "results.md"), "reference": "dense",
         "eval": {"pgd_steps": 2, "pgd_restarts": 1, "n": 40}, "rows": rows, **manifest,
     }
@@ -131,6 +132,12 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
         assert float(d["best_val_robust_acc"]) == float(best["val_robust_acc"]) == max(
             float(e["val_robust_acc"]) for e in epochs[: int(d["best_epoch"])])
         assert float(d["best_val_clean_acc"]) == float(best["val_clean_acc"])
+    with open(root / "out" / "t.csv", newline="") as f:
+        trained = list(csv.DictReader(f))
+    assert [(t["method"], t["seed"], t["state"]) for t in trained] == [
+        (d["method"], d["seed"], "evaluated") for d in details]
+    assert [t["best_val_robust_acc"] for t in trained] == [d["best_val_robust_acc"]
+                                                            for d in details]
     assert (root / "fig" / "pareto_autoattack.png").stat().st_size > 1000
     assert (root / "fig" / "eps_sweep.png").stat().st_size > 1000
 
@@ -336,6 +343,8 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     capsys.readouterr()
     assert main(["sweep", str(root), "--report-only"]) == 0
     assert "left out of the table" in capsys.readouterr().out
+    with open(root / "out" / "t.csv", newline="") as f:  # the training table says why
+        assert [(r["method"], r["state"]) for r in csv.DictReader(f)] == [("sep", "stale")]
     with open(root / "out" / "r.csv", newline="") as f:
         assert list(csv.DictReader(f)) == []
 

@@ -51,6 +51,9 @@ __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job
 
 CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "pgd50_acc",
                "autoattack_acc", "train_seconds"]
+TRAINING_COLUMNS = ["method", "seed", "state", "final_train_loss", "final_train_adv_acc",
+                    "best_epoch", "best_val_clean_acc", "best_val_robust_acc", "train_seconds",
+                    "train_machine"]
 DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
                   "eval_seconds", "final_train_loss", "final_train_adv_acc", "best_epoch",
                   "best_val_clean_acc", "best_val_robust_acc", "machine", "train_machine", "date"]
@@ -78,6 +81,7 @@ class Manifest:
     reference: str
     rows: list[Row]
     eval: dict[str, Any] = field(default_factory=dict)
+    training_csv: Path | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -106,8 +110,8 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
         raise FileNotFoundError(f"{path} not found; a sweep directory holds sweep.yaml and one "
                                 "<method>.yaml per row (see configs/paper-fmnist/)")
     tree = yaml.safe_load(path.read_text()) or {}
-    known = {"out_dir", "csv", "details_csv", "figures", "markdown", "reference", "eval", "rows",
-             "claims"}
+    known = {"out_dir", "csv", "details_csv", "training_csv", "figures", "markdown", "reference",
+             "eval", "rows", "claims"}
     if unknown := set(tree) - known:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
     rows = []
@@ -142,7 +146,8 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
                     details_csv=Path(tree.get("details_csv", "results/sweep_details.csv")),
                     figures=Path(tree.get("figures", "results/figures")),
                     markdown=Path(tree["markdown"]) if tree.get("markdown") else None,
-                    reference=reference, rows=rows, eval=ev, claims=claims)
+                    reference=reference, rows=rows, eval=ev, claims=claims,
+                    training_csv=Path(tree["training_csv"]) if tree.get("training_csv") else None)
 
 
 def jobs(m: Manifest) -> list[Job]:
@@ -394,6 +399,23 @@ def collect(m: Manifest, log: Callable[[str], None] = print
     order = {r.method: i for i, r in enumerate(m.rows)}
     key = lambda r: (order[r["method"]], r["seed"])  # noqa: E731
     return sorted(rows, key=key), sorted(details, key=key)
+
+
+def collect_training(m: Manifest) -> list[dict[str, Any]]:
+    """One row per *trained* job (evaluated or not; ``state`` says which, or ``stale``): how its
+    training ended (:func:`_training_end`), its training seconds and machine, manifest order."""
+    out = []
+    for job in jobs(m):
+        if not job.trained:
+            continue
+        state = "stale" if config_drift(job) else "evaluated" if job.evaluated else "trained"
+        machine = json.loads((job.run_dir / "summary.json").read_text()).get("machine")
+        out.append({"method": job.method, "seed": job.seed, "state": state,
+                    **_training_end(job.run_dir),
+                    "train_seconds": round(_train_seconds(job.run_dir), 1),
+                    "train_machine": machine})
+    order = {r.method: i for i, r in enumerate(m.rows)}
+    return sorted(out, key=lambda r: (order[r["method"]], r["seed"]))
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -697,6 +719,8 @@ def _write_report(m: Manifest, log: Callable[[str], None]) -> str | None:
     rows, details = collect(m, log)
     _write_csv(m.csv, rows, CSV_COLUMNS)
     _write_csv(m.details_csv, details, DETAIL_COLUMNS)
+    if m.training_csv is not None:
+        _write_csv(m.training_csv, collect_training(m), TRAINING_COLUMNS)
     if not rows:
         log(f"no evaluated runs yet; wrote the empty {m.csv}")
         return None
