@@ -9,7 +9,8 @@ factor-by-factor contraction. Weights are freshly initialised (timing does not d
 the pruned model keeps the configured number of weights by global magnitude). Round-robin timing,
 so load changes hit every model alike; ratios are to `dense-mlp` in the same run.
 
-    python benchmarks/eval_cost.py [--batch 500] [--repeats 20] [--threads 1] [--out-md docs/eval_cost.md]
+    python benchmarks/eval_cost.py [--batch 500] [--repeats 20] [--threads 1] \
+        [--out-md docs/eval_cost.md]
 """
 
 from __future__ import annotations
