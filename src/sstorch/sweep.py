@@ -648,22 +648,46 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
 
     figures.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 0.6 + max(4.5, 0.28 * len(summary_rows))),
+                                 gridspec_kw={"width_ratios": [1.15, 1]})
     pts = [(e["stats"]["nnz"][0], e["stats"]["autoattack_acc"][0]) for e in summary_rows]
-    for e, (x, y) in zip(summary_rows, pts, strict=True):
+    # Rows whose sizes are within 20 % of each other crowd one spot of the log axis: they are
+    # drawn but not labelled there; the right panel names every row.
+    crowded = {i for i, (x, _) in enumerate(pts)
+               if sum(abs(math.log(x / x2)) < math.log(1.2) for x2, _ in pts) > 2}
+    for i, (e, (x, y)) in enumerate(zip(summary_rows, pts, strict=True)):
         ax.errorbar(x, 100 * y, yerr=100 * e["stats"]["autoattack_acc"][1], fmt="o", capsize=3)
-        ax.annotate(e["method"], (x, 100 * y), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
+        if i not in crowded:
+            ax.annotate(e["method"], (x, 100 * y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    if crowded:
+        x0 = min(pts[i][0] for i in crowded)
+        ax.annotate(f"{len(crowded)} rows near {x0:,.0f}: see right", (x0, max(
+            100 * pts[i][1] for i in crowded)), textcoords="offset points", xytext=(8, 6),
+            fontsize=7, style="italic")
     front = [pts[i] for i in pareto_front(pts)]
     if len(front) > 1:
         ax.plot([p[0] for p in front], [100 * p[1] for p in front], "--", color="gray",
                 label="Pareto front")
-        ax.legend()
+        ax.legend(loc="lower right")
     ax.set_xscale("log")
     ax.set_xlabel("nonzero parameters (log)")
     ax.set_ylabel("AutoAttack accuracy (%)")
-    ax.set_title("Robust accuracy vs model size (ε = attack radius of the runs)")
+    ax.set_title("Robust accuracy vs model size")
     ax.grid(True, which="both", alpha=0.3)
+    order = sorted(range(len(pts)), key=lambda i: pts[i][1])
+    for rank, i in enumerate(order):
+        e = summary_rows[i]
+        n = len(e["seeds"])
+        bx.errorbar(100 * pts[i][1], rank, xerr=100 * e["stats"]["autoattack_acc"][1],
+                    fmt="o", capsize=3, color="C0" if n > 1 else "C1")
+    bx.set_yticks(range(len(order)), [
+        f"{summary_rows[i]['method']} ({pts[i][0]:,.0f}; {len(summary_rows[i]['seeds'])} "
+        f"seed{'s' if len(summary_rows[i]['seeds']) > 1 else ''})" for i in order], fontsize=7)
+    bx.set_xlabel("AutoAttack accuracy (%), mean ± std over seeds")
+    bx.set_title("Every row (nonzeros; seeds)")
+    bx.grid(True, axis="x", alpha=0.3)
+    fig.suptitle("Fashion-MNIST, L∞ attack radius of the runs, full test set", fontsize=9)
     fig.tight_layout()
     paths.append(figures / "pareto_autoattack.png")
     fig.savefig(paths[-1], dpi=150)
