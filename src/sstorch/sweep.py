@@ -693,19 +693,22 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=150)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for e in summary_rows:
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors, markers, styles = plt.get_cmap("tab20").colors, "osD^vP*Xh", ("-", "--", ":")
+    for k, e in enumerate(summary_rows):  # no two rows share colour, marker and line style
         sweeps = [s for s in e["sweeps"] if s]
         if not sweeps:
             continue
         eps = [p["eps"] for p in sweeps[0]]
         accs = [_fmean(s[i]["acc"] for s in sweeps) for i in range(len(eps))]
-        ax.plot(eps, [100 * a for a in accs], marker="o", label=e["method"])
+        ax.plot(eps, [100 * a for a in accs], marker=markers[k % len(markers)],
+                linestyle=styles[k // len(colors) % len(styles)], color=colors[k % len(colors)],
+                label=e["method"])
     ax.set_xlabel("ε (L∞, pixel scale 0–1)")
     ax.set_ylabel("PGD-20 accuracy (%)")
     ax.set_title("Accuracy under PGD-20 across radii (mean over seeds)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     paths.append(figures / "eps_sweep.png")
     fig.savefig(paths[-1], dpi=150)
