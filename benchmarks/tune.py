@@ -14,7 +14,10 @@ Example (the constraint weights of the ~300x separable MLP, docs/results.md)::
         --out runs/tune/sep-mlp-200x --csv results/tuning/sep-mlp-200x.csv
 
 ``--shard I/N`` runs every N-th point starting at I, so N processes can share a grid; the CSV
-is rebuilt from whatever points are finished after each one.
+is rebuilt from whatever points are finished after each one. A point whose training diverges
+(NaN or infinite loss) is a result too: its reason goes in ``<out>/<point>/diverged.txt`` and
+in the CSV's ``status`` column, the grid goes on, and the point is never selected; delete that
+file to train the point again.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import time
 from pathlib import Path
 
 COLUMNS = ["point", "best_epoch", "val_clean_acc", "val_robust_acc", "log10_kappa_sep",
-           "train_seconds", "device", "selected"]
+           "train_seconds", "device", "selected", "status"]
+DIVERGED = "diverged.txt"  # written in a point's run directory when its training diverged
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -81,7 +85,17 @@ def result(run_dir: Path, name: str) -> dict[str, object]:
             "val_clean_acc": float(row["val_clean_acc"]),
             "val_robust_acc": float(row["val_robust_acc"]),
             "log10_kappa_sep": round(sum(math.log10(k) for k in kappas), 3) if kappas else "",
-            "train_seconds": round(seconds, 1), "device": device}
+            "train_seconds": round(seconds, 1), "device": device, "status": "ok"}
+
+
+def diverged_result(run_dir: Path, name: str) -> dict[str, object]:
+    """One CSV line for a point whose training diverged: no numbers, the reason as status."""
+    reason = (run_dir / DIVERGED).read_text().strip().splitlines()[0].split(";")[0]
+    device = (run_dir / "device.txt").read_text().strip() if (run_dir / "device.txt").is_file() \
+        else "?"
+    return {"point": name, "best_epoch": "", "val_clean_acc": "", "val_robust_acc": "",
+            "log10_kappa_sep": "", "train_seconds": "", "device": device,
+            "status": f"diverged: {reason}"}
 
 
 def select(rows: list[dict[str, object]], within: float = 0.0) -> int | None:
@@ -91,13 +105,13 @@ def select(rows: list[dict[str, object]], within: float = 0.0) -> int | None:
     "one standard error" rule: with 5,000 validation images, two accuracies ≈ 0.64 differ by
     about 1 point (one standard deviation of the difference) by chance alone.
     """
-    if not rows:
+    done = [i for i, r in enumerate(rows) if r["val_robust_acc"] != ""]  # not diverged
+    if not done:
         return None
-    best = max(float(r["val_robust_acc"]) for r in rows)
+    best = max(float(rows[i]["val_robust_acc"]) for i in done)
     if within <= 0:
-        return next(i for i, r in enumerate(rows) if float(r["val_robust_acc"]) == best)
-    close = [i for i, r in enumerate(rows)
-             if float(r["val_robust_acc"]) >= best - within / 100 - 1e-12]
+        return next(i for i in done if float(rows[i]["val_robust_acc"]) == best)
+    close = [i for i in done if float(rows[i]["val_robust_acc"]) >= best - within / 100 - 1e-12]
     kappa = lambda i: float(rows[i]["log10_kappa_sep"]) if rows[i]["log10_kappa_sep"] != "" \
         else math.inf  # noqa: E731
     return min(close, key=lambda i: (kappa(i), -float(rows[i]["val_robust_acc"])))
@@ -118,6 +132,9 @@ def table(rows: list[dict[str, object]]) -> str:
     lines = ["| point | best epoch | val clean % | val robust % | log10 Π κ(sep) | train s |",
              "|---|---|---|---|---|---|"]
     for r in rows:
+        if r["val_robust_acc"] == "":
+            lines.append(f"| {r['point']} | {r['status']} | | | | |")
+            continue
         mark = " **(selected)**" if r["selected"] else ""
         lines.append(f"| {r['point']}{mark} | {r['best_epoch']} "
                      f"| {100 * float(r['val_clean_acc']):.2f} "
@@ -155,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sstorch.config import config_drift, drift_text, load_config
-    from sstorch.train import train
+    from sstorch.train import TrainingDiverged, train
 
     out = Path(args.out)
     todo = points(grid)
@@ -174,18 +191,27 @@ def main(argv: list[str] | None = None) -> int:
     for i, (overrides, cfg) in enumerate(zip(todo, cfgs, strict=True)):
         name = point_name(overrides)
         run_dir = out / name
-        if args.report_only or i % nshards != shard or (run_dir / "summary.json").is_file():
+        if args.report_only or i % nshards != shard or (run_dir / "summary.json").is_file() \
+                or (run_dir / DIVERGED).is_file():
             continue
         resume = run_dir if (run_dir / "last.safetensors").is_file() else None
         print(f"== {name}{' (resumed)' if resume else ''}", flush=True)
         t0 = time.perf_counter()
-        train(cfg, resume=resume)
         dev = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" \
             else "CPU"
+        try:
+            train(cfg, resume=resume)
+        except TrainingDiverged as exc:  # a point of the grid, not the end of the grid
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / DIVERGED).write_text(f"{exc}\n")
+            print(f"   {name}: diverged ({exc})", flush=True)
         (run_dir / "device.txt").write_text(dev + "\n")
         print(f"   {name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = [result(out / point_name(o), point_name(o)) for o in todo
-            if (out / point_name(o) / "summary.json").is_file()]
+    rows = [result(out / point_name(o), point_name(o))
+            if (out / point_name(o) / "summary.json").is_file()
+            else diverged_result(out / point_name(o), point_name(o)) for o in todo
+            if (out / point_name(o) / "summary.json").is_file()
+            or (out / point_name(o) / DIVERGED).is_file()]
     chosen = select(rows, args.select_within)
     for i, r in enumerate(rows):
         r["selected"] = i == chosen

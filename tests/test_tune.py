@@ -97,3 +97,32 @@ def test_points_trained_with_another_config_are_refused(tmp_path):
         with pytest.raises(SystemExit, match=r"lambda_cond=0: attack\.eps: 0\.2 → 0\.1"):
             tune.main([*args, *extra])
     assert not (point / "summary.json").exists()
+
+
+def test_a_diverged_point_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
+    cfg = {"name": "t", "epochs": 1, "device": "cpu",
+           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
+           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+           "optim": {"name": "sgd", "lr": 0.01, "schedule": "none"},
+           "eval": {"pgd_steps": 2},
+           "model": {"name": "mlp", "separable": False, "hidden": [8]},
+           "constraints": {"lambda_sparsity": 0.0, "lambda_cond": 0.0}}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(cfg))
+    out, table = tmp_path / "runs", tmp_path / "tune.csv"
+    args = [str(base), "--grid", "optim.lr=1e30,0.01", "--out", str(out), "--csv", str(table)]
+    assert tune.main(args) == 0
+    text = capsys.readouterr()
+    assert "lr=1e30: diverged (loss became" in text.out
+    assert "points not finished" not in text.err  # a diverged point is finished
+    assert (out / "lr=1e30" / tune.DIVERGED).is_file()
+    assert (out / "lr=0.01" / "summary.json").is_file()
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["point"] for r in rows] == ["lr=1e30", "lr=0.01"]
+    assert rows[0]["status"].startswith("diverged: loss became") and rows[0]["val_robust_acc"] == ""
+    assert rows[0]["selected"] == "False" and rows[1]["selected"] == "True"
+    assert rows[1]["status"] == "ok" and 0 <= float(rows[1]["val_robust_acc"]) <= 1
+    assert tune.main(args) == 0  # neither point is trained again
+    assert "==" not in capsys.readouterr().out
+    assert tune.select([{"val_robust_acc": ""}]) is None
