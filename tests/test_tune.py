@@ -15,6 +15,20 @@ tune = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tune)
 
 
+def tiny_config(tmp_path: Path, **changes: object) -> tuple[Path, Path, Path]:
+    """A one-epoch digits config written to ``tmp_path``; returns (yaml, runs dir, csv)."""
+    cfg = {"name": "t", "epochs": 1, "device": "cpu",
+           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
+           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
+           "optim": {"name": "adamw", "lr": 0.01, "schedule": "none"},
+           "eval": {"pgd_steps": 2},
+           "model": {"name": "mlp", "separable": True, "hidden": [[4, 4]]},
+           "constraints": {"lambda_sparsity": 0.0, "lambda_cond": 0.0}, **changes}
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(cfg))
+    return base, tmp_path / "runs", tmp_path / "tune.csv"
+
+
 def test_grid_points_and_names():
     grid = tune.parse_grid(["constraints.lambda_cond=0,1e-4", "seed=3"])
     assert grid == [("constraints.lambda_cond", ["0", "1e-4"]), ("seed", ["3"])]
@@ -38,16 +52,7 @@ def test_best_row_is_the_highest_validation_robust_accuracy(tmp_path):
 
 
 def test_tune_trains_every_point_once_and_writes_the_csv(tmp_path, capsys):
-    cfg = {"name": "t", "epochs": 1, "device": "cpu",
-           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
-           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
-           "optim": {"name": "adamw", "lr": 0.01, "schedule": "none"},
-           "eval": {"pgd_steps": 2},
-           "model": {"name": "mlp", "separable": True, "hidden": [[4, 4]]},
-           "constraints": {"lambda_sparsity": 0.0, "lambda_cond": 0.0}}
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(cfg))
-    out, table = tmp_path / "runs", tmp_path / "tune.csv"
+    base, out, table = tiny_config(tmp_path)
     args = [str(base), "--grid", "constraints.lambda_cond=0,0.01", "--out", str(out),
             "--csv", str(table), "--set", "seed=1"]
     assert tune.main([*args, "--report-only"]) == 0 and not out.exists()
@@ -100,16 +105,9 @@ def test_points_trained_with_another_config_are_refused(tmp_path):
 
 
 def test_a_diverged_point_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
-    cfg = {"name": "t", "epochs": 1, "device": "cpu",
-           "data": {"name": "digits", "batch_size": 64, "val_size": 0.1},
-           "attack": {"name": "pgd", "eps": 0.1, "step_size": 0.05, "steps": 2},
-           "optim": {"name": "sgd", "lr": 0.01, "schedule": "none"},
-           "eval": {"pgd_steps": 2},
-           "model": {"name": "mlp", "separable": False, "hidden": [8]},
-           "constraints": {"lambda_sparsity": 0.0, "lambda_cond": 0.0}}
-    base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(cfg))
-    out, table = tmp_path / "runs", tmp_path / "tune.csv"
+    base, out, table = tiny_config(
+        tmp_path, optim={"name": "sgd", "lr": 0.01, "schedule": "none"},
+        model={"name": "mlp", "separable": False, "hidden": [8]})
     args = [str(base), "--grid", "optim.lr=1e30,0.01", "--out", str(out), "--csv", str(table)]
     assert tune.main(args) == 0
     text = capsys.readouterr()
