@@ -331,6 +331,13 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     assert "seed0: attack.eps: 0.1 → 0.2" in err and "--move-stale" in err
     assert not (job.run_dir / "summary.json").exists()  # nothing ran
 
+    lock = _try_lock(job.run_dir)  # a live worker (this process) still runs the stale run
+    assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) != 0
+    err = capsys.readouterr().err
+    assert f"worker pid {os.getpid()}" in err and "nothing was moved" in err
+    assert not list(job.run_dir.parent.glob("seed0.stale-*")) and lock.is_file()
+    lock.unlink()
+
     assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) == 0
     moved = list(job.run_dir.parent.glob("seed0.stale-*"))
     assert len(moved) == 1 and (moved[0] / "config.yaml").is_file()  # kept, not deleted

@@ -817,7 +817,8 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None)
 
 def handle_stale(m: Manifest, only: set[str] | None, move: bool,
                  log: Callable[[str], None] = print) -> None:
-    """Refuse to run over stale runs (ValueError naming each drift), or rename them aside."""
+    """Refuse to run over stale runs (ValueError naming each drift), or rename them aside;
+    never one a live worker holds (its ``.lock``), and then nothing is moved."""
     stale = [(j, d) for j in jobs(m) if selected(j, only) and (d := config_drift(j))]
     if not stale:
         return
@@ -827,6 +828,13 @@ def handle_stale(m: Manifest, only: set[str] | None, move: bool,
                          f"row's config now:\n{lines}\nmove them away, set a new out_dir in "
                          "sweep.yaml, or pass --move-stale (renames each to "
                          "<run>.stale-<time>; nothing is deleted)")
+    busy = [j.run_dir for j, _ in stale if _held(j.run_dir)]
+    if busy:  # renaming would carry off the live worker's lock and files mid-run
+        lines = "\n".join(f"  {d} (worker pid {(d / '.lock').read_text().split()[0]})"
+                           for d in busy)
+        raise ValueError(f"{len(busy)} stale run(s) are held by a live sweep worker:\n{lines}\n"
+                         "stop that worker (kill -TERM <pid>) and run --move-stale again; "
+                         "nothing was moved")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for j, _ in stale:
         target = j.run_dir.with_name(f"{j.run_dir.name}.stale-{stamp}")
