@@ -37,7 +37,8 @@ from sstorch.summary import summary
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper-fmnist"
 ROWS = ["dense-mlp", "narrow-mlp-10x", "sep-mlp-10x", "prune-mlp-200x", "tucker-mlp-200x",
-        "tt-mlp-200x", "lowrank-mlp-200x", "narrow-mlp-200x", "sep-mlp-200x"]
+        "tt-mlp-200x", "lowrank-mlp-200x", "narrow-mlp-200x", "sep-mlp-200x", "vgg16-dense",
+        "vgg16-sep"]
 
 
 def build(row: str) -> nn.Module:
