@@ -18,6 +18,13 @@ is rebuilt from whatever points are finished after each one. A point whose train
 (NaN or infinite loss) is a result too: its reason goes in ``<out>/<point>/diverged.txt`` and
 in the CSV's ``status`` column, the grid goes on, and the point is never selected; delete that
 file to train the point again.
+
+``--check-seeds 1,2`` asks the selected point to train at other seeds too (the grid itself runs
+at one seed): once every point is finished, the selected point is trained in full at each
+check seed (``<out>/<point>.seed<S>``; only whether it trains is read, never its numbers). A
+point that diverges at a check seed cannot be a row's recipe: its status becomes ``diverged
+at seed S: ...``, it is never selected, and the next point is checked in turn. A rate at the
+edge of stability can win at one seed and blow up at the next.
 """
 
 from __future__ import annotations
@@ -105,7 +112,8 @@ def select(rows: list[dict[str, object]], within: float = 0.0) -> int | None:
     "one standard error" rule: with 5,000 validation images, two accuracies ≈ 0.64 differ by
     about 1 point (one standard deviation of the difference) by chance alone.
     """
-    done = [i for i, r in enumerate(rows) if r["val_robust_acc"] != ""]  # not diverged
+    done = [i for i, r in enumerate(rows)  # not diverged, at its seed or a check seed
+            if r["val_robust_acc"] != "" and str(r.get("status", "ok")).startswith("ok")]
     if not done:
         return None
     best = max(float(rows[i]["val_robust_acc"]) for i in done)
@@ -115,6 +123,34 @@ def select(rows: list[dict[str, object]], within: float = 0.0) -> int | None:
     kappa = lambda i: float(rows[i]["log10_kappa_sep"]) if rows[i]["log10_kappa_sep"] != "" \
         else math.inf  # noqa: E731
     return min(close, key=lambda i: (kappa(i), -float(rows[i]["val_robust_acc"])))
+
+
+def check_dir(out: Path, name: str, seed: int) -> Path:
+    """Where the check run of point ``name`` at ``seed`` trains."""
+    return out / f"{name}.seed{seed}"
+
+
+def apply_checks(row: dict[str, object], out: Path, seeds: list[int]) -> list[int]:
+    """Fold the finished check runs of ``row`` into its status; return the seeds not run yet.
+
+    A check run that diverged makes the status ``diverged at seed S: <reason>``; when every
+    check seed trained, ``ok (trains at seeds 1, 2 too)``.
+    """
+    if not seeds or not str(row["status"]).startswith("ok"):
+        return []
+    pending = []
+    for s in seeds:
+        d = check_dir(out, str(row["point"]), s)
+        if (d / DIVERGED).is_file():
+            reason = (d / DIVERGED).read_text().strip().splitlines()[0].split(";")[0]
+            row["status"] = f"diverged at seed {s}: {reason}"
+            return []
+        if not (d / "summary.json").is_file():
+            pending.append(s)
+    if not pending:
+        row["status"] = f"ok (trains at seed{'s' if len(seeds) > 1 else ''} " \
+            f"{', '.join(map(str, seeds))} too)"
+    return pending
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
@@ -136,11 +172,28 @@ def table(rows: list[dict[str, object]]) -> str:
             lines.append(f"| {r['point']} | {r['status']} | | | | |")
             continue
         mark = " **(selected)**" if r["selected"] else ""
+        if str(r["status"]).startswith("diverged"):
+            mark = f" ({r['status']})"
         lines.append(f"| {r['point']}{mark} | {r['best_epoch']} "
                      f"| {100 * float(r['val_clean_acc']):.2f} "
                      f"| {100 * float(r['val_robust_acc']):.2f} | {r['log10_kappa_sep']} "
                      f"| {r['train_seconds']} |")
     return "\n".join(lines) + "\n"
+
+
+def run_point(train, diverged_error, cfg, run_dir: Path, resume: Path | None,
+              device: str) -> bool:
+    """Train one run; a divergence is recorded in ``run_dir/diverged.txt``. True if it trained."""
+    ok = True
+    try:
+        train(cfg, resume=resume)
+    except diverged_error as exc:  # a point of the grid, not the end of the grid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / DIVERGED).write_text(f"{exc}\n")
+        print(f"   {run_dir.name}: diverged ({exc})", flush=True)
+        ok = False
+    (run_dir / "device.txt").write_text(device + "\n")
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select-within", type=float, default=0.0, metavar="POINTS",
                    help="select the best-conditioned point within POINTS of the best "
                    "validation robust accuracy (default 0: the best one)")
+    p.add_argument("--check-seeds", default="", metavar="S1,S2",
+                   help="train the selected point at these seeds too; one that diverges at "
+                   "any of them is not selected and the next point is checked")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the CSV and table from the finished points")
     p.add_argument("--shard", default="0/1", metavar="I/N",
@@ -168,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         assert 0 <= shard < nshards
     except (ValueError, AssertionError):
         raise SystemExit(f"--shard {args.shard!r}: expected I/N with 0 ≤ I < N") from None
+    try:
+        check_seeds = [int(x) for x in args.check_seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--check-seeds {args.check_seeds!r}: expected integers such as 1,2") \
+            from None
 
     import torch
 
@@ -180,9 +241,16 @@ def main(argv: list[str] | None = None) -> int:
             for o in todo]
     # a point trained with another config (the base config or --set changed) is another
     # experiment: refuse to resume it or to put it in the table
-    stale = [(point_name(o), d) for o, c in zip(todo, cfgs, strict=True)
-             if (out / point_name(o) / "config.yaml").is_file()
-             and (d := config_drift(out / point_name(o) / "config.yaml", c))]
+    def check_cfg(o: list[str], seed: int):
+        return load_config(args.config, [*args.set, *o, f"seed={seed}", f"out_dir={out}",
+                                         f"name={check_dir(out, point_name(o), seed).name}"])
+
+    runs = [(point_name(o), out / point_name(o), c) for o, c in zip(todo, cfgs, strict=True)]
+    runs += [(check_dir(out, point_name(o), s).name, check_dir(out, point_name(o), s),
+              check_cfg(o, s)) for o in todo for s in check_seeds
+             if (check_dir(out, point_name(o), s) / "config.yaml").is_file()]
+    stale = [(n, d) for n, run_dir, c in runs if (run_dir / "config.yaml").is_file()
+             and (d := config_drift(run_dir / "config.yaml", c))]
     if stale:
         lines = "\n".join(f"  {out / n}: {drift_text(d)}" for n, d in stale)
         raise SystemExit(f"{len(stale)} point(s) under {out} were trained with another config "
@@ -199,20 +267,30 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         dev = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" \
             else "CPU"
-        try:
-            train(cfg, resume=resume)
-        except TrainingDiverged as exc:  # a point of the grid, not the end of the grid
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / DIVERGED).write_text(f"{exc}\n")
-            print(f"   {name}: diverged ({exc})", flush=True)
-        (run_dir / "device.txt").write_text(dev + "\n")
+        run_point(train, TrainingDiverged, cfg, run_dir, resume, dev)
         print(f"   {name}: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = [result(out / point_name(o), point_name(o))
             if (out / point_name(o) / "summary.json").is_file()
             else diverged_result(out / point_name(o), point_name(o)) for o in todo
             if (out / point_name(o) / "summary.json").is_file()
             or (out / point_name(o) / DIVERGED).is_file()]
-    chosen = select(rows, args.select_within)
+    by_name = {point_name(o): o for o in todo}
+    while True:
+        pending = {str(r["point"]): apply_checks(r, out, check_seeds) for r in rows}
+        chosen = select(rows, args.select_within)
+        if chosen is None or args.report_only or len(rows) < len(todo) \
+                or not pending[str(rows[chosen]["point"])]:
+            break
+        name = str(rows[chosen]["point"])
+        for s in pending[name]:  # train the selected point at each check seed
+            run_dir = check_dir(out, name, s)
+            resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+            print(f"== {name} at check seed {s}{' (resumed)' if resume else ''}", flush=True)
+            cfg = check_cfg(by_name[name], s)
+            dev = torch.cuda.get_device_name() if torch.cuda.is_available() \
+                and cfg.device != "cpu" else "CPU"
+            if not run_point(train, TrainingDiverged, cfg, run_dir, resume, dev):
+                break  # diverged: no need to try the other seeds
     for i, r in enumerate(rows):
         r["selected"] = i == chosen
     write_csv(Path(args.csv), rows)

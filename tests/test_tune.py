@@ -82,6 +82,8 @@ def test_select_takes_the_best_or_the_best_conditioned_point_within_a_tolerance(
     assert tune.select(rows, within=3.0) == 3
     assert tune.select([], 1.0) is None
     assert tune.select([{"val_robust_acc": 0.5, "log10_kappa_sep": ""}], 1.0) == 0
+    unstable = [{**rows[1], "status": "diverged at seed 1: loss became nan"}, rows[2]]
+    assert tune.select(unstable) == 1  # the best point cannot train every seed
 
 
 def test_points_trained_with_another_config_are_refused(tmp_path):
@@ -124,3 +126,42 @@ def test_a_diverged_point_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
     assert tune.main(args) == 0  # neither point is trained again
     assert "==" not in capsys.readouterr().out
     assert tune.select([{"val_robust_acc": ""}]) is None
+
+
+def test_check_seeds_pass_over_a_point_that_diverges_at_another_seed(tmp_path, capsys,
+                                                                     monkeypatch):
+    import sstorch.train
+
+    base, out, table = tiny_config(tmp_path)
+    real_train = sstorch.train.train
+    trained = []
+
+    def train(cfg, resume=None, log=print):  # lr 0.02 wins at seed 0, blows up at seed 2
+        trained.append((cfg.optim.lr, cfg.seed))
+        if cfg.seed == 2 and cfg.optim.lr == 0.02:
+            raise sstorch.train.TrainingDiverged("loss became nan at epoch 1; stopped")
+        return real_train(cfg, resume=resume, log=log)
+
+    monkeypatch.setattr(sstorch.train, "train", train)
+    monkeypatch.setattr(tune, "select", lambda rows, within=0.0: next(
+        (i for i in sorted(range(len(rows)), key=lambda i: -float(rows[i]["point"][3:]))
+         if rows[i]["val_robust_acc"] != "" and str(rows[i]["status"]).startswith("ok")), None))
+    args = [str(base), "--grid", "optim.lr=0.01,0.02", "--set", "seed=0", "--out", str(out),
+            "--csv", str(table), "--check-seeds", "1,2"]
+    assert tune.main(args) == 0
+    # the grid at seed 0, then 0.02 (selected first) at seeds 1 and 2, then 0.01 in its place
+    assert trained == [(0.01, 0), (0.02, 0), (0.02, 1), (0.02, 2), (0.01, 1), (0.01, 2)]
+    assert (out / "lr=0.02.seed2" / tune.DIVERGED).is_file()
+    assert (out / "lr=0.01.seed2" / "summary.json").is_file()
+    with open(table, newline="") as f:
+        rows = {r["point"]: r for r in csv.DictReader(f)}
+    assert rows["lr=0.02"]["status"].startswith("diverged at seed 2: loss became nan")
+    assert rows["lr=0.02"]["selected"] == "False" and rows["lr=0.02"]["val_robust_acc"] != ""
+    assert rows["lr=0.01"]["status"] == "ok (trains at seeds 1, 2 too)"
+    assert rows["lr=0.01"]["selected"] == "True"
+    assert "diverged at seed 2" in capsys.readouterr().out
+    trained.clear()
+    assert tune.main(args) == 0 and tune.main([*args, "--report-only"]) == 0
+    assert trained == []  # every check is on disk: nothing trains again
+    with open(table, newline="") as f:
+        assert [r["selected"] for r in csv.DictReader(f)] == ["True", "False"]
