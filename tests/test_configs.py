@@ -238,6 +238,12 @@ def test_paper_rows_share_one_recipe() -> None:
 LR_ROWS = [p for p in PAPER_CONFIGS if p.stem.endswith("-lr")]
 
 
+def sweep_seeds(method: str) -> set[int]:
+    """The seeds ``configs/paper-fmnist/sweep.yaml`` runs ``method`` at (at least 0, 1, 2)."""
+    rows = yaml.safe_load((PAPER_DIR / "sweep.yaml").read_text())["rows"]
+    return {0, 1, 2} | {s for r in rows if r["method"] == method for s in r["seeds"]}
+
+
 @pytest.mark.parametrize("path", LR_ROWS, ids=[p.stem for p in LR_ROWS])
 def test_paper_lr_rows_differ_from_their_row_in_the_validated_lr_only(path: Path) -> None:
     """A ``<row>-lr`` row is ``<row>`` with the learning rate its validation grid selected.
@@ -257,6 +263,10 @@ def test_paper_lr_rows_differ_from_their_row_in_the_validated_lr_only(path: Path
         grid = list(csv.DictReader(f))
     chosen = [r for r in grid if r["selected"] == "True"]
     assert len(chosen) == 1 and chosen[0]["point"] == f"lr={raw['optim']['lr']}"
+    # and it trains at the sweep's other seeds too (tune.py --check-seeds): a rate that
+    # diverges at one of them is no recipe
+    seeds = sweep_seeds(path.stem) - {0}
+    assert chosen[0]["status"] == f"ok (trains at seeds {', '.join(map(str, sorted(seeds)))} too)"
     with open(results / "fashion_mnist_training.csv", newline="") as f:
         own = [r for r in csv.DictReader(f) if r["method"] == base_stem and r["seed"] == "0"]
     assert len(own) == 1
