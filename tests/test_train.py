@@ -271,7 +271,9 @@ def test_eps_warmup_ramps_eps_and_step_size_linearly_by_step(tmp_path, spy_attac
     for _, e, _, x, x_adv in spy_attacks:
         _assert_in_box(x, x_adv, e)
     assert {c[1] for c in spy_attacks if c[2] != 3} == {0.1}  # validation/test: the full ε
-    assert eps_scale(_cfg(tmp_path), 0, 2) == 1.0  # default: no warm-up
+    default = _cfg(tmp_path)  # default: one epoch of warm-up (the paper sweep's recipe)
+    assert [eps_scale(default, s, 2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert eps_scale(_cfg(tmp_path, attack__eps_warmup_epochs=0), 0, 2) == 1.0  # 0: none
     with pytest.raises(ConfigError, match="eps_warmup_epochs must be ≥ 0"):
         _cfg(tmp_path, attack__eps_warmup_epochs=-1)
 

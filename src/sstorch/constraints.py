@@ -14,7 +14,7 @@ factors ``U_k`` of ``W = U_1 ⊗ … ⊗ U_K``:
 
 The training loop calls one object per step::
 
-    reg = FactorRegularizer(model, lambda_sparsity=1e-5, lambda_cond=1e-3)
+    reg = FactorRegularizer(model, lambda_sparsity=1e-4, lambda_cond=1e-4)
     loss = criterion(model(x), y) + reg()
 
 and pruning is a schedule of calls with rising targets::
@@ -476,7 +476,7 @@ class FactorRegularizer:
         eps: relative regularisation of the condition surrogates.
 
     Example:
-        >>> reg = FactorRegularizer(model, lambda_cond=1e-3)
+        >>> reg = FactorRegularizer(model, lambda_cond=1e-4)
         >>> loss = criterion(model(x), y) + reg()
         >>> reg.last  # {"sparsity": 0.0, "cond": ..., "total": ...}
     """
