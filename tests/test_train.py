@@ -449,6 +449,11 @@ def test_divergence_in_first_epoch_does_not_name_a_missing_checkpoint(tmp_path):
     assert not last.exists()
     assert str(last) not in str(info.value), (
         f"the message points to a checkpoint that does not exist: {info.value}")
+    assert "optim.grad_clip=1.0" in str(info.value)  # no clipping yet: suggest it
+    with pytest.raises(TrainingDiverged, match="epoch 1") as info:
+        train(_cfg(tmp_path, "boom2", optim__lr=1e30, optim__grad_clip=1.0, epochs=2),
+              log=lambda msg: None)
+    assert "grad_clip" not in str(info.value)  # clipping already on: not suggested again
 
 
 # --------------------------------------------------------------------------- CLI errors

@@ -423,9 +423,11 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                         else "no checkpoint was written yet")
                 if writer is not None:
                     writer.close()
+                clip = ("" if cfg.optim.grad_clip else
+                        ", or clip the gradient norm (--set optim.grad_clip=1.0)")
                 raise TrainingDiverged(
                     f"loss became {total.item()} at epoch {epoch}; training stopped and {kept}. "
-                    "Lower optim.lr or the constraint weights.")
+                    f"Lower optim.lr or the constraint weights{clip}.")
             step_opt.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             if cfg.optim.grad_clip:
