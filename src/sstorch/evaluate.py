@@ -107,7 +107,8 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
 
     The same function up to float rounding (same arithmetic, another summation order inside
     oneDNN's kernels); an attack step on the width-1/8 VGG-16 of the paper sweep costs about
-    1.5× less (``python benchmarks/eval_cost.py``). Inputs stay as they are. CUDA models are
+    1.25× less on one free core of the 2-core EPYC (``python benchmarks/eval_cost.py``,
+    docs/eval_cost.md). Inputs stay as they are. CUDA models are
     left alone: in fp32 the layout's benefit there is not measured. Parameters keep their
     identity (their ``.data`` is re-laid), so optimisers and hooks holding them are unaffected.
     """
