@@ -2,12 +2,15 @@
 
 An attack step is a forward and a backward pass w.r.t. the input images (PGD, APGD, FAB) on a
 batch of images, with the model frozen as `sstorch eval` freezes it. This is what the sweep's
-evaluation seconds are made of. Pruned models are timed twice — dense kernels on the masked
-weights, and the CSR weights that evaluation uses (`sstorch.baselines.sparse_inference`) — and
-the Tucker baseline twice — tensorly-torch's forward that rebuilds W at every call, and sstorch's
-factor-by-factor contraction. Weights are freshly initialised (timing does not depend on them;
-the pruned model keeps the configured number of weights by global magnitude). Round-robin timing,
-so load changes hit every model alike; ratios are to `dense-mlp` in the same run.
+evaluation seconds are made of. Three kinds of model are timed twice, without and with the
+cost-only change evaluation makes: pruned models (dense kernels on the masked weights; the CSR
+weights of `sstorch.baselines.sparse_inference`), the Tucker baseline (tensorly-torch's forward
+that rebuilds W at every call; sstorch's factor-by-factor contraction) and the VGG-16 models
+(convolution kernels in the standard layout; the channels-last layout of
+`sstorch.evaluate.channels_last_inference`). Weights are freshly initialised (timing does not
+depend on them; the pruned model keeps the configured number of weights by global magnitude).
+Round-robin timing, so load changes hit every model alike; ratios are to `dense-mlp` in the same
+run.
 
     python benchmarks/eval_cost.py [--batch 500] [--repeats 20] [--threads 1] \
         [--out-md docs/eval_cost.md]
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -108,6 +112,10 @@ def main() -> None:
         elif row.startswith("tucker"):
             variants = [(f"{row} (tltorch: rebuild W)", tltorch_rebuild),
                         (f"{row} (contracted, as evaluated)", _frozen)]
+        elif row.startswith("vgg16"):
+            standard = functools.partial(_frozen, channels_last=False)
+            variants = [(f"{row} (standard layout)", standard),
+                        (f"{row} (channels-last, as evaluated)", _frozen)]
         for name, ctx in variants:
             model = build(row)
             params[name] = summary(model).total_nnz

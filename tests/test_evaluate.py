@@ -21,7 +21,9 @@ from sstorch.checkpoint import CheckpointError
 from sstorch.config import load_config
 from sstorch.evaluate import (
     SanityCheck,
+    _frozen,
     certify,
+    channels_last_inference,
     evaluate_attacks,
     lipschitz_bound,
     main_eval,
@@ -401,3 +403,41 @@ def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
             else:
                 continue
             assert not names & excluded, f"{path.name} imports {names & excluded}"
+
+
+def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tmp_path):
+    """Evaluation (`_frozen`) re-lays CPU conv kernels channels-last: logits and input gradients
+    as in the standard layout (float rounding apart), the same Parameter objects, and on exit
+    the standard layout again (safetensors stores only contiguous tensors)."""
+    from safetensors.torch import save_file
+
+    from sstorch.config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="vgg16", separable=True, width=0.0625, fc_hidden=32,
+                      separate_head=True)
+    model = sstorch.models.build_model(cfg, 10, (1, 28, 28), [0.5], [0.25]).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs
+    params = list(model.parameters())
+    x = torch.rand(6, 1, 28, 28, requires_grad=True)
+    ref = model(x)
+    (ref_g,) = torch.autograd.grad(ref.logsumexp(1).sum(), x)
+    with _frozen(model):
+        assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+        assert all(not m.weight.is_contiguous() for m in convs[1:])  # the first has 1 channel
+        assert list(model.parameters()) == params and all(
+            a is b for a, b in zip(model.parameters(), params, strict=True))
+        y = model(x)
+        (g,) = torch.autograd.grad(y.logsumexp(1).sum(), x)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g, ref_g, atol=1e-6, rtol=1e-4)
+    assert all(m.weight.is_contiguous() for m in convs)
+    assert all(p.requires_grad for p in model.parameters())
+    save_file({k: v for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    with _frozen(model, channels_last=False):
+        assert all(m.weight.is_contiguous() for m in convs)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))  # nothing 4-D: nothing changes
+    before = [t.data_ptr() for t in mlp.parameters()]
+    with channels_last_inference(mlp):
+        assert [t.data_ptr() for t in mlp.parameters()] == before
