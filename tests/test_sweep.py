@@ -377,3 +377,57 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
         sweep._work(m, print, only={"sep"})
     lock.write_text("999999999")  # that worker died: nothing to wait for
     assert sweep._work(m, print, only={"sep"}) == 1
+
+
+def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
+    import shutil
+
+    root = _write_sweep(tmp_path / "s", ROWS, records=str(tmp_path / "s" / "records"))
+    assert main(["sweep", str(root), "--threads", "1"]) == 0
+    recs = sorted((root / "records").rglob("*.json"))
+    assert [p.relative_to(root / "records").as_posix() for p in recs] == [
+        "dense/seed0.json", "dense/seed1.json", "sep/seed0.json"]
+    rec = json.loads(recs[0].read_text())
+    assert rec["config"]["model"]["separable"] is False and rec["details"]["eps_sweep"]
+    before = {n: (root / "out" / n).read_text() for n in ("r.csv", "d.csv", "t.csv")}
+
+    shutil.rmtree(root / "runs")  # a fresh checkout: only the committed records are left
+    (root / "fig" / "eps_sweep.png").unlink()
+    assert main(["sweep", str(root), "--report-only"]) == 0
+    assert {n: (root / "out" / n).read_text() for n in before} == before
+    assert (root / "fig" / "eps_sweep.png").stat().st_size > 1000  # redrawn from the records
+    capsys.readouterr()
+    assert main(["sweep", str(root), "--list"]) == 0
+    assert capsys.readouterr().out.count("recorded") == 3
+    assert main(["sweep", str(root), "--threads", "1"]) == 0  # recorded jobs count as done
+    assert "== train" not in capsys.readouterr().out
+    assert not (root / "runs" / "dense").exists()
+
+    # A record without ε-sweep data keeps the existing figure rather than drop its curves.
+    stamp = (root / "fig" / "eps_sweep.png").stat().st_mtime_ns
+    rec["details"]["eps_sweep"] = None
+    recs[0].write_text(json.dumps(rec))
+    assert main(["sweep", str(root), "--report-only"]) == 0
+    assert "ε-sweep plot kept as it is: dense" in capsys.readouterr().out
+    assert (root / "fig" / "eps_sweep.png").stat().st_mtime_ns == stamp
+
+    # A record made with another config is stale: out of the table, and its job runs again.
+    cfg = yaml.safe_load((root / "sep.yaml").read_text())
+    cfg["attack"]["eps"] = 0.2
+    (root / "sep.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sweep", str(root), "--report-only"]) == 0
+    out = capsys.readouterr().out
+    assert "left out of the table" in out and "sep/seed0.json is stale" in out
+    with open(root / "out" / "r.csv", newline="") as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["dense", "dense"]
+    assert main(["sweep", str(root), "--threads", "1", "--only", "sep"]) == 0
+    assert "== train sep seed 0" in capsys.readouterr().out
+    assert json.loads(recs[2].read_text())["config"]["attack"]["eps"] == 0.2
+
+    # --ignore-records reruns a recorded job; its new record replaces the old one.
+    old = recs[1].read_text()
+    assert main(["sweep", str(root), "--threads", "1", "--only", "dense:1",
+                 "--ignore-records"]) == 0
+    assert "== train dense seed 1" in capsys.readouterr().out
+    assert recs[1].read_text() != old and (root / "runs" / "dense" / "seed1" / "eval.json"
+                                           ).is_file()

@@ -83,6 +83,51 @@ class Manifest:
     eval: dict[str, Any] = field(default_factory=dict)
     training_csv: Path | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)
+    records: Path | None = None
+
+
+def record_path(m: Manifest, method: str, seed: int) -> Path | None:
+    """``<records>/<method>/seed<k>.json``: what the table keeps of one evaluated run, or None
+    when the manifest keeps no records."""
+    return None if m.records is None else m.records / method / f"seed{seed}.json"
+
+
+def load_record(m: Manifest, job: Job) -> dict[str, Any] | None:
+    """The job's record when it exists and was made with the row's config of now, else None."""
+    path = record_path(m, job.method, job.seed)
+    if path is None or not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    return None if record_drift(job, rec) else rec
+
+
+def record_drift(job: Job, rec: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """:func:`config_drift` for a record: its saved config against the row's config of now."""
+    import tempfile
+
+    from .config import config_drift as drift
+    from .config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "config.yaml"
+        saved.write_text(yaml.safe_dump(rec.get("config") or {}))
+        return drift(saved, load_config(job.config, job_overrides(job)))
+
+
+def _save_record(m: Manifest, job: Job, row: dict[str, Any], details: dict[str, Any],
+                 training: dict[str, Any]) -> None:
+    """Write (atomically) the record of an evaluated run: its config as trained and its rows."""
+    path = record_path(m, job.method, job.seed)
+    if path is None:
+        return
+    rec = {"method": job.method, "seed": job.seed,
+           "config": yaml.safe_load((job.run_dir / "config.yaml").read_text()),
+           "row": row, "details": details, "training": training,
+           "origin": f"run directory {job.run_dir}"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -111,7 +156,7 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
                                 "<method>.yaml per row (see configs/paper-fmnist/)")
     tree = yaml.safe_load(path.read_text()) or {}
     known = {"out_dir", "csv", "details_csv", "training_csv", "figures", "markdown", "reference",
-             "eval", "rows", "claims"}
+             "eval", "rows", "claims", "records"}
     if unknown := set(tree) - known:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
     rows = []
@@ -147,7 +192,8 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
                     figures=Path(tree.get("figures", "results/figures")),
                     markdown=Path(tree["markdown"]) if tree.get("markdown") else None,
                     reference=reference, rows=rows, eval=ev, claims=claims,
-                    training_csv=Path(tree["training_csv"]) if tree.get("training_csv") else None)
+                    training_csv=Path(tree["training_csv"]) if tree.get("training_csv") else None,
+                    records=Path(tree["records"]) if tree.get("records") else None)
 
 
 def jobs(m: Manifest) -> list[Job]:
@@ -357,13 +403,25 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """CSV rows (``CSV_COLUMNS``) and detail rows of every evaluated job, in manifest order.
 
-    Stale runs (trained with another config than their row's now, :func:`config_drift`) are
-    left out, with a line to ``log``, so one table never mixes two recipes.
+    A job evaluated in its run directory gives its rows from there (and, where the manifest
+    keeps ``records``, refreshes its record); a job without one gives the rows of its record, so
+    a fresh checkout rebuilds the whole table from the committed records. Stale runs and records
+    (made with another config than their row's now, :func:`config_drift`) are left out, with a
+    line to ``log``, so one table never mixes two recipes.
     """
     ref = _reference_params(m)
     rows, details = [], []
     for job in jobs(m):
         if not job.evaluated:
+            path = record_path(m, job.method, job.seed)
+            if path is None or not path.is_file():
+                continue
+            rec = json.loads(path.read_text())
+            if drift := record_drift(job, rec):
+                log(f"!! left out of the table: {path} is stale ({drift_text(drift)})")
+                continue
+            rows.append(rec["row"])
+            details.append(rec["details"])
             continue
         if drift := config_drift(job):
             log(f"!! left out of the table: {job.run_dir} is stale ({drift_text(drift)})")
@@ -396,26 +454,33 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             "train_machine": trained_on or ev.get("machine"),
             "date": ev.get("date"), "eps_sweep": ev.get("eps_sweep"),
         })
+        _save_record(m, job, rows[-1], details[-1], _training_row(job, "evaluated"))
     order = {r.method: i for i, r in enumerate(m.rows)}
-    key = lambda r: (order[r["method"]], r["seed"])  # noqa: E731
+    key = lambda r: (order[r["method"]], int(r["seed"]))  # noqa: E731
     return sorted(rows, key=key), sorted(details, key=key)
+
+
+def _training_row(job: Job, state: str) -> dict[str, Any]:
+    machine = json.loads((job.run_dir / "summary.json").read_text()).get("machine")
+    return {"method": job.method, "seed": job.seed, "state": state,
+            **_training_end(job.run_dir),
+            "train_seconds": round(_train_seconds(job.run_dir), 1), "train_machine": machine}
 
 
 def collect_training(m: Manifest) -> list[dict[str, Any]]:
     """One row per *trained* job (evaluated or not; ``state`` says which, or ``stale``): how its
-    training ended (:func:`_training_end`), its training seconds and machine, manifest order."""
+    training ended (:func:`_training_end`), its training seconds and machine, manifest order.
+    A job not trained here but recorded (:func:`collect`) gives its record's row."""
     out = []
     for job in jobs(m):
         if not job.trained:
+            if not job.evaluated and (rec := load_record(m, job)) is not None:
+                out.append(rec["training"])
             continue
         state = "stale" if config_drift(job) else "evaluated" if job.evaluated else "trained"
-        machine = json.loads((job.run_dir / "summary.json").read_text()).get("machine")
-        out.append({"method": job.method, "seed": job.seed, "state": state,
-                    **_training_end(job.run_dir),
-                    "train_seconds": round(_train_seconds(job.run_dir), 1),
-                    "train_machine": machine})
+        out.append(_training_row(job, state))
     order = {r.method: i for i, r in enumerate(m.rows)}
-    return sorted(out, key=lambda r: (order[r["method"]], r["seed"]))
+    return sorted(out, key=lambda r: (order[r["method"]], int(r["seed"])))
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -638,7 +703,8 @@ def _replace_section(text: str, begin: str, end: str, body: str) -> str:
     return f"{head}{begin}\n{body}{end}{tail}"
 
 
-def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
+def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path,
+           log: Callable[[str], None] = print) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -693,6 +759,12 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=150)
     plt.close(fig)
 
+    eps_path = figures / "eps_sweep.png"
+    if (missing := [e["method"] for e in summary_rows if not all(e["sweeps"])]) \
+            and eps_path.is_file():
+        log(f"ε-sweep plot kept as it is: {', '.join(missing)} have no ε-sweep data (records "
+            "migrated from CSVs); re-evaluate them (--ignore-records) to redraw it")
+        return paths
     fig, ax = plt.subplots(figsize=(9, 4.8))
     colors, markers, styles = plt.get_cmap("tab20").colors, "osD^vP*Xh", ("-", "--", ":")
     for k, e in enumerate(summary_rows):  # no two rows share colour, marker and line style
@@ -753,7 +825,7 @@ def _write_report(m: Manifest, log: Callable[[str], None]) -> str | None:
         return None
     summary_rows = summarize(rows, details)
     table = render_table(summary_rows)
-    _plots(summary_rows, m.figures)
+    _plots(summary_rows, m.figures, log)
     if m.markdown is not None and m.markdown.is_file():
         text = _replace_section(m.markdown.read_text(), TABLE_BEGIN, TABLE_END, table)
         claims = render_claims(m.claims, summary_rows)
@@ -767,18 +839,22 @@ def selected(job: Job, only: set[str] | None) -> bool:
     return only is None or job.method in only or f"{job.method}:{job.seed}" in only
 
 
-def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None) -> int:
+def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None,
+          ignore_records: bool = False) -> int:
     """Run every job this worker can take; returns the number of jobs left undone.
 
+    A job with a current record (:func:`load_record`) counts as done unless ``ignore_records``.
     A job that raises (a diverged run, a bad config) is logged to ``run_dir/sweep-error.txt``
     and skipped for the rest of this call, so one failure does not stop the sweep; the next
     call retries it.
     """
     failed: set[Path] = set()
+    recorded = set() if ignore_records else {
+        j.run_dir for j in jobs(m) if not j.evaluated and load_record(m, j) is not None}
 
     def todo() -> list[Job]:
         return [j for j in jobs(m) if not j.evaluated and j.run_dir not in failed
-                and selected(j, only)]
+                and j.run_dir not in recorded and selected(j, only)]
 
     while True:
         pending = todo()
@@ -787,6 +863,11 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None)
         took = False
         for job in pending:
             if job.init_from is not None and not (job.init_from / "summary.json").is_file():
+                if job.init_from in recorded:  # recorded elsewhere, not trained here
+                    failed.add(job.run_dir)
+                    log(f"!! {job.method} seed {job.seed} starts from {job.init_from}, which "
+                        "is recorded but not trained on this machine: train it first with "
+                        f"--only {job.init_from.parent.name}:{job.seed} --ignore-records")
                 continue  # its starting point is not trained yet
             lock = _try_lock(job.run_dir)
             if lock is None:
@@ -859,6 +940,9 @@ def main_sweep(argv: list[str]) -> int:
     p.add_argument("--only", default=None, metavar="JOBS",
                    help="comma-separated methods (all their seeds) or method:seed items to "
                    "run (default: every job)")
+    p.add_argument("--ignore-records", action="store_true",
+                   help="rerun jobs that have a record but no run directory here (their "
+                   "new records replace the old ones)")
     p.add_argument("--move-stale", action="store_true",
                    help="rename runs trained with another config than their row's now to "
                    "<run>.stale-<time> (nothing is deleted) and retrain them")
@@ -874,7 +958,8 @@ def main_sweep(argv: list[str]) -> int:
     if args.list:
         for j in jobs(m):
             state = ("stale" if config_drift(j) else "done" if j.evaluated
-                     else "trained" if j.trained else "pending")
+                     else "trained" if j.trained
+                     else "recorded" if load_record(m, j) is not None else "pending")
             print(f"{j.method:<28} seed {j.seed}  {state:<8} {j.run_dir}")
         return 0
     if args.report_only:
@@ -890,15 +975,17 @@ def main_sweep(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(threads)
-        left = _work(m, print, only)
+        left = _work(m, print, only, args.ignore_records)
     else:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         cmd = [sys.executable, "-m", "sstorch", "sweep", args.directory, "--threads",
-               str(threads), *(["--only", args.only] if args.only else [])]
+               str(threads), *(["--only", args.only] if args.only else []),
+               *(["--ignore-records"] if args.ignore_records else [])]
         procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
         for proc in procs:
             proc.wait()
-        left = len([j for j in jobs(m) if not j.evaluated and selected(j, only)])
+        left = len([j for j in jobs(m) if not j.evaluated and selected(j, only) and (
+            args.ignore_records or load_record(m, j) is None)])
     table = write_report(m)
     if table:
         print(table)
