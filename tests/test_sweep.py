@@ -431,3 +431,38 @@ def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
     assert "== train dense seed 1" in capsys.readouterr().out
     assert recs[1].read_text() != old and (root / "runs" / "dense" / "seed1" / "eval.json"
                                            ).is_file()
+
+
+def test_a_job_whose_starting_point_is_only_recorded_gets_a_clear_error(tmp_path, capsys):
+    from sstorch.config import load_config
+    from sstorch.sweep import job_overrides, record_path
+
+    rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0],
+                                                 "init_from": "dense"}]
+    root = _write_sweep(tmp_path / "s", rows, records=str(tmp_path / "s" / "records"))
+    m = load_manifest(root)
+    dense = jobs(m)[0]
+    path = record_path(m, "dense", 0)
+    path.parent.mkdir(parents=True)
+    rec = {"config": load_config(dense.config, job_overrides(dense)).to_dict()}
+    path.write_text(json.dumps(rec))
+    assert main(["sweep", str(root), "--report-only"]) != 0
+    assert "seed0.json is not a sweep record (lacks ['details', 'row', 'training'])" in (
+        capsys.readouterr().err)
+    rec["row"] = {"method": "dense", "params": 100, "nnz": 100, "compression": 1.0, "seed": 0,
+                  "clean_acc": 0.5, "pgd50_acc": 0.4, "autoattack_acc": 0.3,
+                  "train_seconds": 1.0}
+    rec["details"] = {"method": "dense", "seed": 0, "log10_kappa_fc": 1.0, "sanity_passed": 6,
+                      "sanity_total": 6, "eval_n": 40, "eval_seconds": 1.0, "machine": "CPU",
+                      "date": "2026-11-26", "eps_sweep": None}
+    rec["training"] = {"method": "dense", "seed": 0, "state": "evaluated", "train_seconds": 1.0}
+    path.write_text(json.dumps(rec))
+    assert main(["sweep", str(root), "--threads", "1"]) == 1  # nothing trains
+    out = capsys.readouterr().out
+    assert "which is recorded but not trained on this machine" in out
+    assert "--only dense:0 --ignore-records" in out
+    assert not (root / "runs" / "dense" / "seed0" / "summary.json").exists()
+    assert "ε-sweep plot not drawn" in out and not (root / "fig" / "eps_sweep.png").exists()
+    with open(root / "out" / "r.csv", newline="") as f:  # the recorded row is in the table
+        assert [(r["method"], r["autoattack_acc"]) for r in csv.DictReader(f)] == [
+            ("dense", "0.3")]

@@ -92,12 +92,29 @@ def record_path(m: Manifest, method: str, seed: int) -> Path | None:
     return None if m.records is None else m.records / method / f"seed{seed}.json"
 
 
+RECORD_KEYS = ("config", "details", "row", "training")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A record file's content; ValueError naming the file when it is not a sweep record."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable sweep record ({exc}); restore it from git "
+                         "or delete it to rerun its job") from exc
+    if not isinstance(rec, dict) or (missing := [k for k in RECORD_KEYS if k not in rec]):
+        lacks = missing if isinstance(rec, dict) else list(RECORD_KEYS)
+        raise ValueError(f"{path} is not a sweep record (lacks {lacks}); restore it from git "
+                         "or delete it to rerun its job")
+    return rec
+
+
 def load_record(m: Manifest, job: Job) -> dict[str, Any] | None:
     """The job's record when it exists and was made with the row's config of now, else None."""
     path = record_path(m, job.method, job.seed)
     if path is None or not path.is_file():
         return None
-    rec = json.loads(path.read_text())
+    rec = read_record(path)
     return None if record_drift(job, rec) else rec
 
 
@@ -416,7 +433,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             path = record_path(m, job.method, job.seed)
             if path is None or not path.is_file():
                 continue
-            rec = json.loads(path.read_text())
+            rec = read_record(path)
             if drift := record_drift(job, rec):
                 log(f"!! left out of the table: {path} is stale ({drift_text(drift)})")
                 continue
@@ -764,6 +781,9 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path,
             and eps_path.is_file():
         log(f"ε-sweep plot kept as it is: {', '.join(missing)} have no ε-sweep data (records "
             "migrated from CSVs); re-evaluate them (--ignore-records) to redraw it")
+        return paths
+    if not any(s for e in summary_rows for s in e["sweeps"]):
+        log("no ε-sweep data in any run or record: ε-sweep plot not drawn")
         return paths
     fig, ax = plt.subplots(figsize=(9, 4.8))
     colors, markers, styles = plt.get_cmap("tab20").colors, "osD^vP*Xh", ("-", "--", ":")
