@@ -152,7 +152,17 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
     # An interrupted job resumes at its unfinished stage: evaluation only, then training.
     (done / "sweep.json").unlink()
     assert main(["sweep", str(root), "--list"]) == 0
-    assert "trained" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "trained" in listed and "evaluation under way" not in listed
+    # A journalled, unfinished evaluation shows its progress under the latest key only.
+    journal = done / "eval.journal.jsonl"
+    journal.write_text("\n".join(json.dumps(r) for r in [
+        {"key": "old", "batch": 0, "n": 7}, {"key": "new", "batch": 0, "n": 5},
+        {"key": "new", "batch": 1, "n": 3}]) + '\n{"key": "new", "bat')
+    assert main(["sweep", str(root), "--list"]) == 0
+    assert "(evaluation under way: 8 test images in 2 journalled batches)" in (
+        capsys.readouterr().out)
+    journal.unlink()
     assert main(["sweep", str(root), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "== evaluate dense seed 0" in out and "== train" not in out

@@ -373,6 +373,28 @@ def log10_kappa_fc(run_dir: Path) -> float:
     return total
 
 
+def evaluation_progress(run_dir: Path) -> tuple[int, int] | None:
+    """(batches, images) an unfinished evaluation of ``run_dir`` has journalled under its most
+    recent key (``eval.journal.jsonl``, see :func:`sstorch.evaluate.evaluate_attacks`), or None
+    without a journal. Lines of older keys (another checkpoint or evaluation code: a resumed
+    evaluation would redo them) and a torn last line are not counted."""
+    path = run_dir / "eval.journal.jsonl"
+    if not path.is_file():
+        return None
+    recs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and {"key", "batch", "n"} <= rec.keys():
+            recs.append(rec)
+    if not recs:
+        return None
+    latest = {r["batch"]: int(r["n"]) for r in recs if r["key"] == recs[-1]["key"]}
+    return len(latest), sum(latest.values())
+
+
 def _train_seconds(run_dir: Path) -> float:
     """Σ per-epoch wall time (training + per-epoch validation) from ``metrics.csv``."""
     with open(run_dir / "metrics.csv", newline="") as f:
@@ -980,7 +1002,11 @@ def main_sweep(argv: list[str]) -> int:
             state = ("stale" if config_drift(j) else "done" if j.evaluated
                      else "trained" if j.trained
                      else "recorded" if load_record(m, j) is not None else "pending")
-            print(f"{j.method:<28} seed {j.seed}  {state:<8} {j.run_dir}")
+            line = f"{j.method:<28} seed {j.seed}  {state:<8} {j.run_dir}"
+            if state == "trained" and (prog := evaluation_progress(j.run_dir)) is not None:
+                line += (f"  (evaluation under way: {prog[1]:,} test images in {prog[0]} "
+                         f"journalled batch{'es' if prog[0] != 1 else ''})")
+            print(line)
         return 0
     if args.report_only:
         table = write_report(m)
