@@ -372,6 +372,54 @@ def test_eval_run_removes_its_journal_when_done(run_dir, tmp_path):
     assert r["resumed_batches"] == 0 and not (out / "eval.journal.jsonl").exists()
 
 
+def test_eval_run_resumes_after_the_attacks_without_redoing_the_eps_sweep(
+        run_dir, tmp_path, monkeypatch, capsys):
+    """A kill during the sanity checks keeps the attacks and the ε sweep: the rerun takes both
+    from the journal and writes the same eval.json as an uninterrupted run."""
+    import sstorch.evaluate as ev
+
+    whole = _eval(run_dir, "--out", str(tmp_path / "whole"))
+    out = tmp_path / "e"
+    real_sanity, real_sweep = ev.sanity_checks, ev.pgd_sweep
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "sanity_checks", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(run_dir, "--out", str(out))
+    lines = [json.loads(x) for x in (out / "eval.journal.jsonl").read_text().splitlines()]
+    assert [x.get("phase") for x in lines] == [None, "eps_sweep"]  # 100 images: one batch
+    assert lines[1]["value"] == whole["eps_sweep"]
+
+    def no_sweep(*a, **k):
+        raise AssertionError("the ε sweep ran again")
+
+    monkeypatch.setattr(ev, "sanity_checks", real_sanity)
+    monkeypatch.setattr(ev, "pgd_sweep", no_sweep)
+    capsys.readouterr()
+    r = _eval(run_dir, "--out", str(out))
+    log = capsys.readouterr().out
+    assert "resuming the attacks after 1 finished batches" in log
+    assert "eps_sweep: taken from the journal" in log
+    assert r["resumed_batches"] == 1 and not (out / "eval.journal.jsonl").exists()
+    for key in ("clean_acc", "robust_acc", "eps_sweep", "sanity", "certified"):
+        assert r[key] == whole[key], key
+    assert r["eps_sweep_seconds"] == lines[1]["seconds"]
+
+    # A sweep over other radii is not taken from a journal line written for the default ones.
+    monkeypatch.setattr(ev, "pgd_sweep", real_sweep)
+    monkeypatch.setattr(ev, "sanity_checks", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _eval(run_dir, "--out", str(out))
+    swept = []
+    monkeypatch.setattr(ev, "pgd_sweep", lambda m, ld, eps, **k: swept.append(eps) or
+                        real_sweep(m, ld, eps, **k))
+    monkeypatch.setattr(ev, "sanity_checks", real_sanity)
+    r = _eval(run_dir, "--out", str(out), "--eps-sweep", "0,0.05")
+    assert swept == [[0.0, 0.05]] and [p["eps"] for p in r["eps_sweep"]] == [0.0, 0.05]
+
+
 def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
     """Editing the sweep or training code keeps a half-finished evaluation resumable; editing an
     attack does not. The excluded modules are really out of evaluation's reach: no other sstorch

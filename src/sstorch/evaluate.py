@@ -183,19 +183,33 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)
 
 
-def _read_journal(path: Path, key: str) -> dict[int, dict[str, Any]]:
-    """Finished batches recorded under ``key`` (other keys and a torn last line are ignored)."""
-    done: dict[int, dict[str, Any]] = {}
+def _journal_lines(path: Path, key: str) -> list[dict[str, Any]]:
+    """Records of ``path`` tagged ``key``, in order (other keys and a torn last line skipped)."""
     if not path.is_file():
-        return done
+        return []
+    out = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:  # the line being written when the process died
             continue
         if isinstance(rec, dict) and rec.get("key") == key:
-            done[int(rec["batch"])] = rec
-    return done
+            out.append(rec)
+    return out
+
+
+def _append_journal(path: Path, rec: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it, so a finished piece survives a crash right after."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(rec) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_journal(path: Path, key: str) -> dict[int, dict[str, Any]]:
+    """Finished batches recorded under ``key`` (other keys, phase lines and a torn last line are
+    ignored)."""
+    return {int(r["batch"]): r for r in _journal_lines(path, key) if "batch" in r}
 
 
 def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, Attack],
@@ -282,10 +296,7 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
                        "hits": {a: hits[a] - before[0][a] for a in names},
                        "seconds": {a: secs[a] - before[1][a] for a in names},
                        "tried": {a: tried[a] - before[2][a] for a in names}}
-                with open(jpath, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(rec) + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+                _append_journal(jpath, rec)
             bar.update(y.numel())
             bar.set_postfix(clean=f"{n_clean / n:.3f}", robust=f"{n_robust / n:.3f}")
     n_div = max(n, 1)
@@ -800,15 +811,33 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
             value = getattr(inner, key, None)
             if isinstance(value, int):
                 table[a][key] = value
-    t0 = time.perf_counter()
-    sweep = pgd_sweep(model, loader, sweep_eps or default_sweep(eps), seed=seed, device=dev)
-    sweep_secs = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    checks = sanity_checks(model, _subloader(loader, sanity_n), eps, sweep=sweep,
-                           square_n=square_n, square_queries=square_queries, seed=seed,
-                           device=dev)
-    sanity_secs = time.perf_counter() - t0
-    cert = certify(model, loader, device=dev)
+    # The ε sweep and the sanity checks are journalled too, each as one line under the same key
+    # with its own parameters (not in the key), so a crash in the sanity checks keeps the sweep.
+    phases = {r["phase"]: r for r in _journal_lines(journal, key)
+              if "phase" in r and "params" in r}
+
+    def phase(name: str, params: dict[str, Any], fn: Callable[[], Any]) -> tuple[Any, float]:
+        rec = phases.get(name)
+        if rec is not None and rec["params"] == json.loads(json.dumps(params)):
+            log(f"{name}: taken from the journal ({rec['seconds']:.0f} s when it ran)")
+            return rec["value"], float(rec["seconds"])
+        t0 = time.perf_counter()
+        value = fn()
+        secs = time.perf_counter() - t0
+        _append_journal(journal, {"key": key, "phase": name, "params": params, "value": value,
+                                  "seconds": secs})
+        return value, secs
+
+    sweep_values = list(sweep_eps or default_sweep(eps))
+    sweep, sweep_secs = phase("eps_sweep", {"eps": sweep_values}, lambda: pgd_sweep(
+        model, loader, sweep_values, seed=seed, device=dev))
+    check_dicts, sanity_secs = phase(
+        "sanity", {"sanity_n": sanity_n, "square_n": square_n, "square_queries": square_queries},
+        lambda: [asdict(c) for c in sanity_checks(
+            model, _subloader(loader, sanity_n), eps, sweep=sweep, square_n=square_n,
+            square_queries=square_queries, seed=seed, device=dev)])
+    checks = [SanityCheck(**c) for c in check_dicts]
+    cert = certify(model, loader, device=dev)  # one clean pass: not worth a journal line
     cert.pop("radii", None)
     s = summary(model)
     kappas = [st.kappa for st in layer_stats(model)]
@@ -821,7 +850,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "fast_path": fast, "resumed_batches": res["resumed_batches"],
         "resumed_seconds": res["resumed_seconds"],
         "eps_sweep": sweep, "eps_sweep_seconds": sweep_secs,
-        "sanity": [asdict(c) for c in checks], "sanity_seconds": sanity_secs,
+        "sanity": check_dicts, "sanity_seconds": sanity_secs,
         "sanity_n": min(sanity_n, res["n"]), "certified": cert, "seed": seed,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(dev), "code": code_version(),
