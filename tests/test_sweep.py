@@ -418,8 +418,19 @@ def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
     rec["details"]["eps_sweep"] = None
     recs[0].write_text(json.dumps(rec))
     assert main(["sweep", str(root), "--report-only"]) == 0
-    assert "ε-sweep plot kept as it is: dense" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ε-sweep plot kept as it is: dense" in out
     assert (root / "fig" / "eps_sweep.png").stat().st_mtime_ns == stamp
+    # ...and draws the rows that have their sweeps (here sep) in a figure of their own,
+    assert "ε-sweep plot of sep drawn in" in out
+    assert (root / "fig" / "eps_sweep_partial.png").stat().st_size > 1000
+    # which goes once every row is back in the full figure.
+    rec["details"]["eps_sweep"] = json.loads(recs[1].read_text())["details"]["eps_sweep"]
+    recs[0].write_text(json.dumps(rec))
+    assert main(["sweep", str(root), "--report-only"]) == 0
+    assert "kept as it is" not in capsys.readouterr().out
+    assert (root / "fig" / "eps_sweep.png").stat().st_mtime_ns != stamp
+    assert not (root / "fig" / "eps_sweep_partial.png").exists()
 
     # A record made with another config is stale: out of the table, and its job runs again.
     cfg = yaml.safe_load((root / "sep.yaml").read_text())

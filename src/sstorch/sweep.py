@@ -799,16 +799,33 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path,
     plt.close(fig)
 
     eps_path = figures / "eps_sweep.png"
+    partial = figures / "eps_sweep_partial.png"
     if (missing := [e["method"] for e in summary_rows if not all(e["sweeps"])]) \
             and eps_path.is_file():
         log(f"ε-sweep plot kept as it is: {', '.join(missing)} have no ε-sweep data (records "
             "migrated from CSVs); re-evaluate them (--ignore-records) to redraw it")
+        have = [e for e in summary_rows if e["sweeps"] and all(e["sweeps"])]
+        if have:  # the rows evaluated since still get their curves, in a figure of their own
+            paths.append(_plot_eps_sweep(
+                plt, have, partial, "Accuracy under PGD-20 across radii: the rows whose "
+                "records keep their ε sweep (mean over seeds)"))
+            log(f"ε-sweep plot of {', '.join(e['method'] for e in have)} drawn in {partial}")
         return paths
     if not any(s for e in summary_rows for s in e["sweeps"]):
         log("no ε-sweep data in any run or record: ε-sweep plot not drawn")
         return paths
+    paths.append(_plot_eps_sweep(plt, summary_rows, eps_path,
+                                 "Accuracy under PGD-20 across radii (mean over seeds)"))
+    partial.unlink(missing_ok=True)  # every row is in the full figure now
+    return paths
+
+
+def _plot_eps_sweep(plt: Any, summary_rows: Sequence[dict[str, Any]], path: Path,
+                    title: str) -> Path:
+    """One curve per row: PGD-20 accuracy (mean over the seeds that have a sweep) against ε."""
     fig, ax = plt.subplots(figsize=(9, 4.8))
-    colors, markers, styles = plt.get_cmap("tab20").colors, "osD^vP*Xh", ("-", "--", ":")
+    colors = plt.get_cmap("tab10" if len(summary_rows) <= 10 else "tab20").colors
+    markers, styles = "osD^vP*Xh", ("-", "--", ":")
     for k, e in enumerate(summary_rows):  # no two rows share colour, marker and line style
         sweeps = [s for s in e["sweeps"] if s]
         if not sweeps:
@@ -820,14 +837,13 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path,
                 label=e["method"])
     ax.set_xlabel("ε (L∞, pixel scale 0–1)")
     ax.set_ylabel("PGD-20 accuracy (%)")
-    ax.set_title("Accuracy under PGD-20 across radii (mean over seeds)")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    paths.append(figures / "eps_sweep.png")
-    fig.savefig(paths[-1], dpi=150)
+    fig.savefig(path, dpi=150)
     plt.close(fig)
-    return paths
+    return path
 
 
 @contextmanager
