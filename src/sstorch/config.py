@@ -231,6 +231,8 @@ class Config:
     deterministic: bool = False
     device: str = "auto"  # auto, cpu, cuda
     amp: bool = True  # mixed precision on CUDA only
+    amp_dtype: str = "float16"  # float16 (with loss scaling) or bfloat16 (no scaling needed)
+    channels_last: bool = False  # convolutions in NHWC on CUDA (faster with AMP on tensor cores)
     epochs: int = 20
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
@@ -248,6 +250,7 @@ class Config:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
         _choice(self.device, ("auto", "cpu", "cuda"), "device")
+        _choice(self.amp_dtype, ("float16", "bfloat16"), "amp_dtype")
         for f in fields(self):
             v = getattr(self, f.name)
             if dataclasses.is_dataclass(v):

@@ -364,7 +364,13 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     reg = FactorRegularizer(core, c.lambda_sparsity, c.lambda_cond, sparsity=c.sparsity,
                             cond=c.cond, a=c.a)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+    # bfloat16 has float32's exponent range: no loss scaling (and no underflowing input
+    # gradients inside the attack); float16 needs the scaler.
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    channels_last = cfg.channels_last and device.type == "cuda"
+    if channels_last:
+        core.to(memory_format=torch.channels_last)
 
     start_epoch, best = 1, -1.0
     if resume is not None:
@@ -413,10 +419,12 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                    leave=False, dynamic_ncols=True, file=sys.stderr)
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             scale = eps_scale(cfg, (epoch - 1) * steps_per_epoch + i, steps_per_epoch)
-            with torch.autocast(device.type, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, logits = _adv_loss(cfg, model, x, y, core, scale)
-                total = loss + reg()
+            total = loss.float() + reg()  # the factor penalties (SVD-based) in float32
             if not torch.isfinite(total):
                 last = run_dir / "last.safetensors"
                 kept = (f"the last good checkpoint is {last}" if last.is_file()
