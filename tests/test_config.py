@@ -313,6 +313,7 @@ def test_prune_epochs_ordered() -> None:
     ("model.separable_groups=[mlp, conv]", "model.separable_groups",
      ["mlp", "attn", "patch", "head"]),
     ("device=tpu", "device", ["auto", "cpu", "cuda"]),
+    ("amp_dtype=float8", "amp_dtype", ["float16", "bfloat16"]),
 ])
 def test_unknown_choice_lists_choices(item: str, key: str, choices: list[str]) -> None:
     with pytest.raises(ConfigError) as info:

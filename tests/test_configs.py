@@ -322,3 +322,68 @@ def test_paper_config_trains(path: Path, tmp_path: Path) -> None:
     assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
     if cfg.prune.keep is not None:
         assert summary["nnz"] <= cfg.prune.keep + 1024 + 1024 + 10
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 21's GPU pair (configs/gpu-vgg16-fmnist/, run by benchmarks/gpu_vgg16.sh): full-width
+# VGG-16 with the ImageNet-style head, where the FC layers hold most of the parameters.
+
+GPU_DIR = CONFIG_DIR / "gpu-vgg16-fmnist"
+GPU_CONFIGS = sorted(p for p in GPU_DIR.glob("*.yaml") if p.name != "sweep.yaml")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_gpu_pair_differs_only_in_the_head() -> None:
+    from sstorch.sweep import load_manifest
+
+    m = load_manifest(GPU_DIR)
+    assert [r.method for r in m.rows] == ["vgg16-imnet-dense", "vgg16-imnet-sep"]
+    assert m.eval["n"] >= 1000  # the issue's floor for a test-set prefix
+    dense, sep = (_flat(load_config(GPU_DIR / f"{r.method}.yaml").to_dict()) for r in m.rows)
+    differ = {k for k in dense if dense[k] != sep[k]}
+    assert differ == {"name", "model.separable", "model.separate_head",
+                      "constraints.lambda_sparsity", "constraints.lambda_cond"}
+    assert dense["model.width"] == 1.0 and dense["model.variant"] == "imagenet"
+    assert dense["model.fc_hidden"] == 4096 and dense["amp_dtype"] == "bfloat16"
+    assert dense["channels_last"] is True and dense["attack.eps"] == 0.1
+
+
+def test_gpu_pair_sizes_are_the_papers_setting() -> None:
+    """The FC layers hold ≈ 89 % of the dense network; the separable head makes the whole
+    network ≈ 9× smaller (the paper's "90 % fewer parameters")."""
+    from sstorch.data import DATASET_INFO
+    from sstorch.models import build_model
+    from sstorch.summary import summary
+
+    info = DATASET_INFO["fashion-mnist"]
+    sizes = {}
+    for path in GPU_CONFIGS:
+        cfg = load_config(path)
+        model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
+        sizes[path.stem] = summary(model)
+        del model
+    dense, sep = sizes["vgg16-imnet-dense"], sizes["vgg16-imnet-sep"]
+    assert dense.total_params == 134_308_810
+    assert 0.88 <= dense.fc_params / dense.total_params <= 0.90
+    assert sep.total_params == 14_869_922
+    assert dense.total_params / sep.total_params >= 9.0
+    assert sep.total_params - sep.fc_params == dense.total_params - dense.fc_params  # same convs
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=[p.stem for p in GPU_CONFIGS])
+def test_gpu_config_trains_on_the_cpu(path: Path, tmp_path: Path) -> None:
+    """bfloat16 autocast and channels-last act on CUDA only: on the CPU the config trains."""
+    cfg = load_config(path)
+    data_root = tmp_path / "data"
+    WRITERS[cfg.data.name](data_root)
+    run_dir = train(load_config(path, shrink_overrides(cfg, data_root, tmp_path / "runs")),
+                    log=lambda *a: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["separable"] is cfg.model.separable
+    assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
