@@ -387,3 +387,88 @@ def test_gpu_config_trains_on_the_cpu(path: Path, tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["separable"] is cfg.model.separable
     assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR-10 experiment (configs/paper-cifar10/, issue 21): one recipe for every row, the sizes
+# the issue asks for, and every row trains a few steps on a stand-in in CIFAR's pickle format.
+
+CIFAR_DIR = CONFIG_DIR / "paper-cifar10"
+CIFAR_CONFIGS = sorted(p for p in CIFAR_DIR.glob("*.yaml") if p.name != "sweep.yaml")
+
+
+def _cifar_sizes(stem: str):
+    from sstorch.data import DATASET_INFO
+    from sstorch.models import build_model
+    from sstorch.summary import summary
+
+    cfg = load_config(CIFAR_DIR / f"{stem}.yaml")
+    info = DATASET_INFO[cfg.data.name]
+    return summary(build_model(cfg.model, info.num_classes, info.image_shape, info.mean,
+                               info.std))
+
+
+def test_cifar_manifest_rows_seeds_and_evaluation() -> None:
+    from sstorch.sweep import jobs, load_manifest
+
+    m = load_manifest(CIFAR_DIR)
+    assert {r.method for r in m.rows} == {p.stem for p in CIFAR_CONFIGS}
+    seeds = {r.method: r.seeds for r in m.rows}
+    for method in ("dense-mlp", "sep-mlp-10x", "sep-mlp-200x"):  # the issue's "≥ 2 seeds"
+        assert len(seeds[method]) >= 2, method
+    assert str(m.csv) == "results/cifar10.csv" and m.eval["pgd_steps"] == 50
+    for job in jobs(m):  # MLPs on the full test set, the CNNs on a fixed prefix of ≥ 1,000
+        n = job.eval["n"]
+        assert (n is None) if "mlp" in job.method else (n is not None and n >= 1000), job.method
+    refs = {r.method: r.reference or m.reference for r in m.rows}
+    assert {refs[k] for k in refs if "mlp" in k} == {"dense-mlp"}
+    assert refs["vgg16-sep"] == "vgg16-dense" and refs["vgg16-imnet-sep"] == "vgg16-imnet-dense"
+
+
+def test_cifar_rows_share_one_recipe() -> None:
+    ref = yaml.safe_load((CIFAR_DIR / "dense-mlp.yaml").read_text())
+    assert ref["attack"]["eps"] == pytest.approx(8 / 255, abs=1e-6)
+    assert ref["attack"]["step_size"] == pytest.approx(2 / 255, abs=1e-6)
+    for path in CIFAR_CONFIGS:
+        raw = yaml.safe_load(path.read_text())
+        assert raw["name"] == path.stem
+        for key in ("epochs", "data", "attack", "optim", "eval", "out_dir", "amp"):
+            assert raw[key] == ref[key], f"{path.stem}: {key} differs from dense-mlp"
+
+
+def test_cifar_row_sizes_match_the_issue() -> None:
+    dense = _cifar_sizes("dense-mlp").total_params
+    assert dense == 3072 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 10 + 10
+    sep10, sep200 = (_cifar_sizes(s).total_params for s in ("sep-mlp-10x", "sep-mlp-200x"))
+    assert 9.5 <= dense / sep10 <= 10.5
+    assert dense / sep200 >= 200
+    assert _cifar_sizes("narrow-mlp-200x").total_params <= sep200
+    for stem in ("prune-mlp-200x", "hydra-mlp-200x"):  # kept weights + every bias = sep200
+        keep = load_config(CIFAR_DIR / f"{stem}.yaml").prune.keep
+        assert keep + 1024 + 1024 + 10 == sep200, stem
+    for family in ("vgg16", "vgg16-imnet"):  # same convolutions, the FC head differs
+        d, s = _cifar_sizes(f"{family}-dense"), _cifar_sizes(f"{family}-sep")
+        assert d.total_params - d.fc_params == s.total_params - s.fc_params, family
+        assert d.fc_params / s.fc_params >= 100, family
+    imnet_d, imnet_s = _cifar_sizes("vgg16-imnet-dense"), _cifar_sizes("vgg16-imnet-sep")
+    assert imnet_d.fc_params / imnet_d.total_params >= 0.9  # FC layers hold most parameters
+    assert imnet_d.total_params / imnet_s.total_params >= 10  # the paper's "90 % fewer"
+
+
+@pytest.mark.parametrize("path", CIFAR_CONFIGS, ids=[p.stem for p in CIFAR_CONFIGS])
+def test_cifar_config_trains(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    data_root = tmp_path / "data"
+    WRITERS[cfg.data.name](data_root)
+    overrides = shrink_overrides(cfg, data_root, tmp_path / "runs")
+    if cfg.init_from is not None:  # the pruning baselines start from a trained dense run
+        dense = load_config(CIFAR_DIR / "dense-mlp.yaml", overrides)
+        overrides.append(f"init_from={train(dense, log=lambda *a: None)}")
+    if cfg.prune.keep is not None:  # the whole pruning ramp inside the one epoch
+        overrides += ["prune.start_epoch=1", "prune.end_epoch=1"]
+    run_dir = train(load_config(path, overrides), log=lambda *a: None)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["dataset"] == "cifar10"
+    assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
+    if cfg.prune.keep is not None:
+        assert summary["nnz"] <= cfg.prune.keep + 1024 + 1024 + 10

@@ -457,3 +457,51 @@ def test_make_loader_distributed(tmp_path: Path) -> None:
         assert not make_loader(ds, 4, train=False, distributed=True).sampler.shuffle
     finally:
         dist.destroy_process_group()
+
+
+def test_sstorch_data_env_is_searched_before_the_cache(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    """``$SSTORCH_DATA`` names a folder of datasets in their official layouts: CIFAR's
+    ``cifar-10-batches-py/`` directly under it, the IDX files under ``<name>/``."""
+    info = DATASET_INFO["cifar10"]
+    monkeypatch.setitem(DATASET_INFO, "cifar10", data.DatasetInfo(
+        info.num_classes, info.image_shape, info.mean, info.std, tmp_path / "cache",
+        info.download_hint))
+    monkeypatch.setenv("SSTORCH_DATA", str(tmp_path / "shared"))
+    with pytest.raises(DatasetNotFoundError) as err:  # nothing there yet: every place named
+        get_dataset("cifar10", train=False)
+    for place in (tmp_path / "shared", tmp_path / "shared" / "cifar10", tmp_path / "cache"):
+        assert str(place) in str(err.value)
+    make_cifar10(tmp_path / "shared")
+    make_mnist(tmp_path / "shared" / "mnist")
+    assert data.default_root("cifar10") == tmp_path / "shared"
+    assert data.default_root("mnist") == tmp_path / "shared" / "mnist"
+    assert len(get_dataset("cifar10", train=False)) == 8
+    monkeypatch.delenv("SSTORCH_DATA")
+    assert data.default_root("cifar10") == tmp_path / "cache"
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.mark.skipif(not (SHARED / "cifar-10-batches-py" / "test_batch").is_file(),
+                    reason=f"real CIFAR-10 not found in {SHARED} (only on the project's machines)")
+def test_real_cifar10_from_the_shared_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The official python-pickle files read unchanged: sizes, label order, channel means."""
+    monkeypatch.setenv("SSTORCH_DATA", str(SHARED))
+    test = get_dataset("cifar10", train=False)
+    assert len(test) == 10_000 and test.images.shape == (10_000, 3, 32, 32)
+    assert test.targets[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # cat ship ship plane …
+    train = get_dataset("cifar10", train=True)
+    assert len(train) == 50_000 and torch.bincount(train.targets).tolist() == [5000] * 10
+    mean = train.images.float().div(255).mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.tensor(DATASET_INFO["cifar10"].mean), atol=1e-3)
+
+
+@pytest.mark.skipif(not (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason=f"real MNIST not found in {SHARED / 'mnist'}")
+def test_real_mnist_from_the_shared_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSTORCH_DATA", str(SHARED))
+    test = get_dataset("mnist", train=False)
+    assert len(test) == 10_000 and test.targets[:5].tolist() == [7, 2, 1, 0, 4]
+    assert len(get_dataset("mnist", train=True)) == 60_000

@@ -67,12 +67,31 @@ def test_jobs_are_seed_major(tmp_path):
         (ROWS, {"reference": "other"}, "reference 'other' is not a row"),
         (ROWS, {"colour": 1}, "unknown keys"),
         ([], {}, "lists no rows"),
+        ([{"method": "sep", "reference": "nope"}], {}, "reference 'nope', not a row"),
+        ([{"method": "sep", "eval": {"steps": 3}}], {}, r"rows\[0\]\.eval must be"),
+        ([{"method": "sep", "colour": 1}], {}, r"rows\[0\] has unknown keys \['colour'\]"),
+        (ROWS, {"eval": {"n": 5, "restarts": 2}}, r"eval has unknown keys \['restarts'\]"),
     ],
 )
 def test_bad_manifests(tmp_path, rows, extra, match):
     root = _write_sweep(tmp_path, rows, **extra)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         load_manifest(root)
+
+
+def test_rows_override_eval_and_reference(tmp_path):
+    """A row's ``eval`` keys override the manifest's for its jobs only; its ``reference``
+    decides its compression (its family's dense model, not the manifest's)."""
+    from sstorch.sweep import _reference_params
+
+    rows = [{"method": "dense", "seeds": [0]},
+            {"method": "sep", "seeds": [0], "eval": {"n": 7}, "reference": "sep"}]
+    m = load_manifest(_write_sweep(tmp_path, rows))
+    evals = {j.method: j.eval for j in jobs(m)}
+    assert evals["dense"] == {"pgd_steps": 2, "pgd_restarts": 1, "n": 40}
+    assert evals["sep"] == {"pgd_steps": 2, "pgd_restarts": 1, "n": 7}
+    dense_params, sep_params = _reference_params(m, "dense"), _reference_params(m, "sep")
+    assert dense_params == _reference_params(m) > sep_params  # digits: 64-16-10 vs (8,8)->(4,4)
 
 
 def test_missing_manifest(tmp_path):

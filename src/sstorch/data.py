@@ -125,11 +125,26 @@ def canonical_name(name: str) -> str:
     return key
 
 
+DATA_ENV = "SSTORCH_DATA"
+
+
+def _env_roots(name: str) -> tuple[Path, ...]:
+    """``$SSTORCH_DATA`` and ``$SSTORCH_DATA/<name>`` when the variable is set: a folder holding
+    datasets in their official layouts (``cifar-10-batches-py/``, ``mnist/*.gz``), searched
+    before the system roots and the cache, so sweeps find shared data without a config change."""
+    base = os.environ.get(DATA_ENV, "").strip()
+    if not base:
+        return ()
+    base_path = Path(os.path.expandvars(base)).expanduser()
+    return (base_path, base_path / name)
+
+
 def default_root(name: str) -> Path:
-    """The root used when none is given: the first system root holding the data, else the cache."""
+    """The root used when none is given: the first of ``$SSTORCH_DATA`` (:func:`_env_roots`)
+    and the system roots that holds the data, else the cache."""
     name = canonical_name(name)
     files = _DATASET_FILES.get(name, [])
-    for candidate in DATASET_INFO[name].system_roots:
+    for candidate in (*_env_roots(name), *DATASET_INFO[name].system_roots):
         if files and all(_find(candidate, f) is not None for f in files):
             return candidate
     return DATASET_INFO[name].default_root
@@ -137,7 +152,8 @@ def default_root(name: str) -> Path:
 
 def _looked_in(name: str, root: str | os.PathLike | None) -> list[Path]:
     info = DATASET_INFO[name]
-    return [Path(root)] if root is not None else [*info.system_roots, info.default_root]
+    return ([Path(root)] if root is not None
+            else [*_env_roots(name), *info.system_roots, info.default_root])
 
 
 def _not_found(name: str, missing: list[Path], looked: list[Path]) -> DatasetNotFoundError:
@@ -544,6 +560,10 @@ DATASETS: dict[str, type[TensorImageDataset] | type[ImageNet]] = {
 _DATASET_FILES: dict[str, list[str]] = {
     name: [f"{s}-{k}-ubyte.gz" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
     for name in ("fashion-mnist", "mnist")
+} | {
+    "cifar10": [f"cifar-10-batches-py/{n}" for n in
+                (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")],
+    "cifar100": ["cifar-100-python/train", "cifar-100-python/test"],
 }
 
 

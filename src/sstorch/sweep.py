@@ -13,6 +13,11 @@ and ``sweep.yaml``, the manifest::
     rows:
       - {method: dense-mlp, seeds: [0, 1, 2]}
       - {method: prune-mlp-200x, seeds: [0], init_from: dense-mlp}
+      - {method: vgg16-sep, seeds: [0], reference: vgg16-dense, eval: {n: 1000}}
+
+A row may name its own ``reference`` (its family's dense model: the compression column is that
+row's parameters over this row's nonzero ones) and override ``eval`` keys (e.g. a test-set
+prefix ``n`` for models whose full evaluation is unaffordable).
 
 Jobs run seed by seed (every method's seed 0 first), each in three resumable stages:
 training (``sstorch train``, resumed from ``last.safetensors`` after an interruption), the
@@ -60,6 +65,7 @@ DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_t
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 CLAIMS_BEGIN, CLAIMS_END = "<!-- sweep:claims -->", "<!-- /sweep:claims -->"
 CLAIM_KINDS = {"within", "beats", "ablation"}
+EVAL_KEYS = {"pgd_steps", "pgd_restarts", "n"}
 KAPPA_RULE = "float64, rank tolerance max(m,n)·eps; baselines"  # how log10_kappa_fc was computed
 
 
@@ -68,6 +74,8 @@ class Row:
     method: str
     seeds: list[int]
     init_from: str | None = None
+    reference: str | None = None  # the row's family's dense model (default: the manifest's)
+    eval: dict[str, Any] = field(default_factory=dict)  # overrides of the manifest's eval
 
 
 @dataclass
@@ -154,6 +162,7 @@ class Job:
     config: Path
     run_dir: Path
     init_from: Path | None = None
+    eval: dict[str, Any] = field(default_factory=dict)  # the manifest's, with the row's overrides
 
     @property
     def trained(self) -> bool:
@@ -184,17 +193,29 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
             raise FileNotFoundError(f"{path}: rows[{i}] names {r['method']!r} but "
                                     f"{root / (r['method'] + '.yaml')} does not exist")
         seeds = [int(s) for s in r.get("seeds", [0])]
-        rows.append(Row(r["method"], seeds, r.get("init_from")))
+        if unknown := set(r) - {"method", "seeds", "init_from", "reference", "eval"}:
+            raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(unknown)}; valid: "
+                             "method, seeds, init_from, reference, eval")
+        row_eval = r.get("eval") or {}
+        if not isinstance(row_eval, dict) or (bad := set(row_eval) - EVAL_KEYS):
+            raise ValueError(f"{path}: rows[{i}].eval must be a mapping of "
+                             f"{sorted(EVAL_KEYS)}, got {row_eval!r}")
+        rows.append(Row(r["method"], seeds, r.get("init_from"), r.get("reference"),
+                        dict(row_eval)))
     if not rows:
         raise ValueError(f"{path} lists no rows")
     methods = {r.method for r in rows}
     for r in rows:
         if r.init_from is not None and r.init_from not in methods:
             raise ValueError(f"{path}: {r.method} has init_from {r.init_from!r}, not a row")
+        if r.reference is not None and r.reference not in methods:
+            raise ValueError(f"{path}: {r.method} has reference {r.reference!r}, not a row")
     reference = tree.get("reference", rows[0].method)
     if reference not in methods:
         raise ValueError(f"{path}: reference {reference!r} is not a row")
     ev = {"pgd_steps": 50, "pgd_restarts": 1, "n": None, **(tree.get("eval") or {})}
+    if bad := set(ev) - EVAL_KEYS:
+        raise ValueError(f"{path}: eval has unknown keys {sorted(bad)}; valid: {sorted(EVAL_KEYS)}")
     claims = list(tree.get("claims") or [])
     for i, c in enumerate(claims):
         kind = c.get("kind") if isinstance(c, dict) else None
@@ -221,7 +242,8 @@ def jobs(m: Manifest) -> list[Job]:
             if seed in r.seeds:
                 run_dir = m.out_dir / r.method / f"seed{seed}"
                 dep = None if r.init_from is None else m.out_dir / r.init_from / f"seed{seed}"
-                out.append(Job(r.method, seed, m.root / f"{r.method}.yaml", run_dir, dep))
+                out.append(Job(r.method, seed, m.root / f"{r.method}.yaml", run_dir, dep,
+                               {**m.eval, **r.eval}))
     return out
 
 
@@ -314,7 +336,7 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
         log(f"== train {job.method} seed {job.seed}{' (resumed)' if resume else ''}")
         train(cfg, resume=resume, log=log)
     if not job.evaluated:
-        ev = m.eval
+        ev = job.eval or m.eval
         log(f"== evaluate {job.method} seed {job.seed}")
         t0 = time.perf_counter()
         result = evaluate_run(
@@ -426,13 +448,17 @@ def _training_end(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _reference_params(m: Manifest) -> int:
+def _reference_params(m: Manifest, method: str | None = None) -> int:
+    """Parameters of the dense model that ``method``'s compression is measured against: its
+    row's ``reference``, else the manifest's."""
     from .config import load_config
     from .data import DATASET_INFO, canonical_name
     from .models import build_model
     from .summary import summary
 
-    cfg = load_config(m.root / f"{m.reference}.yaml")
+    row = next((r for r in m.rows if r.method == method), None)
+    reference = row.reference if row is not None and row.reference else m.reference
+    cfg = load_config(m.root / f"{reference}.yaml")
     info = DATASET_INFO[canonical_name(cfg.data.name)]
     return summary(build_model(cfg.model, info.num_classes, info.image_shape, info.mean,
                                info.std)).total_params
@@ -448,7 +474,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
     (made with another config than their row's now, :func:`config_drift`) are left out, with a
     line to ``log``, so one table never mixes two recipes.
     """
-    ref = _reference_params(m)
+    refs: dict[str, int] = {}
     rows, details = [], []
     for job in jobs(m):
         if not job.evaluated:
@@ -467,6 +493,8 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
+        if job.method not in refs:
+            refs[job.method] = _reference_params(m, job.method)
         if sw.get("kappa_rule") != KAPPA_RULE:  # written by an older sstorch: redo it once
             sw["log10_kappa_fc"], sw["kappa_rule"] = log10_kappa_fc(job.run_dir), KAPPA_RULE
             tmp = job.run_dir / "sweep.json.tmp"
@@ -476,7 +504,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
         pgd_key = "pgd"
         rows.append({
             "method": job.method, "params": ev["params"], "nnz": ev["nnz"],
-            "compression": round(ref / ev["nnz"], 2), "seed": job.seed,
+            "compression": round(refs[job.method] / ev["nnz"], 2), "seed": job.seed,
             "clean_acc": ev["clean_acc"], "pgd50_acc": attacks[pgd_key]["acc"],
             "autoattack_acc": attacks["autoattack"]["acc"],
             "train_seconds": round(_train_seconds(job.run_dir), 3),
