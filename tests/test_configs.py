@@ -423,6 +423,7 @@ def test_cifar_manifest_rows_seeds_and_evaluation() -> None:
     refs = {r.method: r.reference or m.reference for r in m.rows}
     assert {refs[k] for k in refs if "mlp" in k} == {"dense-mlp"}
     assert refs["vgg16-sep"] == "vgg16-dense" and refs["vgg16-imnet-sep"] == "vgg16-imnet-dense"
+    assert refs["vit-sep"] == "vit-dense"
 
 
 def test_cifar_rows_share_one_recipe() -> None:
@@ -453,6 +454,9 @@ def test_cifar_row_sizes_match_the_issue() -> None:
     imnet_d, imnet_s = _cifar_sizes("vgg16-imnet-dense"), _cifar_sizes("vgg16-imnet-sep")
     assert imnet_d.fc_params / imnet_d.total_params >= 0.9  # FC layers hold most parameters
     assert imnet_d.total_params / imnet_s.total_params >= 10  # the paper's "90 % fewer"
+    vit_d, vit_s = _cifar_sizes("vit-dense"), _cifar_sizes("vit-sep")
+    assert vit_s.separable_params > 0 and vit_d.total_params / vit_s.total_params >= 10
+    assert vit_d.total_params - vit_d.fc_params == vit_s.total_params - vit_s.fc_params
 
 
 @pytest.mark.parametrize("path", CIFAR_CONFIGS, ids=[p.stem for p in CIFAR_CONFIGS])
