@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FGSM", "PGD", "PGDL2", "cw_margin_loss", "trades_adversary"]
+__all__ = ["FGSM", "PGD", "PGDL2", "cw_margin_loss", "kl_adversary", "trades_adversary"]
 
 
 def _check(eps: float, steps: int = 1, step_size: float = 1.0) -> None:
@@ -177,6 +177,25 @@ class PGDL2:
         return best
 
 
+def kl_adversary(model: nn.Module, images: Tensor, target: Tensor, eps: float,
+                 step_size: float, steps: int) -> Tensor:
+    """``max_{x'} KL(p ‖ f(x'))`` over the L∞ ε-box by PGD, for a fixed distribution ``p``.
+
+    ``target`` holds ``p`` as probabilities ``(B, classes)``. Starts at ``x + 0.001·N(0, 1)``
+    (TRADES); returns ``x'`` in the ε-box and [0, 1]. TRADES takes ``p = f(x)``, robust
+    distillation (RSLAD) the teacher's ``p = T(x)``.
+    """
+    _check(eps, steps, step_size)
+    x = images.detach()
+    x_adv = _project((x + 0.001 * torch.randn_like(x)).clamp(0, 1), x, eps)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), target, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
 def trades_adversary(model: nn.Module, images: Tensor, eps: float, step_size: float,
                      steps: int) -> Tensor:
     """TRADES inner maximisation (Zhang et al. 2019): ``max_{x'} KL(f(x) ‖ f(x'))`` by PGD.
@@ -187,11 +206,4 @@ def trades_adversary(model: nn.Module, images: Tensor, eps: float, step_size: fl
     x = images.detach()
     with torch.no_grad():
         p_clean = F.softmax(model(x), dim=1)
-    x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-    x_adv = _project(x_adv, x, eps)
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        x_adv = _project(x_adv.detach() + step_size * grad.sign(), x, eps)
-    return x_adv.detach()
+    return kl_adversary(model, x, p_clean, eps, step_size, steps)

@@ -17,7 +17,8 @@ from typing import Any, get_type_hints
 import yaml
 
 __all__ = [
-    "AttackConfig", "Config", "ConfigError", "ConstraintConfig", "DataConfig", "EvalConfig",
+    "AttackConfig", "Config", "ConfigError", "ConstraintConfig", "DataConfig", "DistillConfig",
+    "EvalConfig",
     "ModelConfig", "OptimConfig", "PruneConfig", "config_drift", "load_config",
 ]
 
@@ -213,6 +214,32 @@ class PruneConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Robust distillation from a trained teacher run (:mod:`sstorch.distill`); off when
+    ``teacher`` is null. The inner maximisation uses ``attack.eps``, ``step_size`` and ``steps``.
+
+    * ``rslad`` (Zi et al. 2021): ``x'`` maximises ``KL(T(x) ‖ S(x'))``; the loss is
+      ``α·KL(T(x) ‖ S(x')) + (1 − α)·KL(T(x) ‖ S(x))`` (the paper's α = 5/6).
+    * ``ard`` (Goldblum et al. 2020): ``x'`` maximises ``CE(S(x'), y)``; the loss is
+      ``α·τ²·KL(T(x)/τ ‖ S(x')/τ) + (1 − α)·CE(S(x), y)``.
+    """
+
+    teacher: str | None = None  # a run directory (its best checkpoint) or a .safetensors file
+    method: str = "rslad"  # rslad, ard
+    alpha: float = 5 / 6
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        _choice(self.method, ("rslad", "ard"), "distill.method")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"distill.alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            raise ConfigError(f"distill.temperature must be > 0, got {self.temperature}")
+        if self.teacher is not None and not str(self.teacher).strip():
+            raise ConfigError("distill.teacher must be a run directory or checkpoint, or null")
+
+
+@dataclass
 class EvalConfig:
     pgd_steps: int = 20
     pgd_restarts: int = 1
@@ -242,6 +269,7 @@ class Config:
     constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # A run directory or .safetensors checkpoint whose model weights initialize the model
     # (not the optimizer or the epoch), e.g. the trained dense run that a pruning run starts from.
     init_from: str | None = None
@@ -267,6 +295,10 @@ class Config:
             raise ConfigError(f"the constraints act on separable factors: set "
                               f"constraints.lambda_sparsity=0 and constraints.lambda_cond=0 for "
                               f"model.baseline={m.baseline!r}")
+        if self.distill.teacher is not None and self.attack.name != "pgd":
+            raise ConfigError(f"distill.teacher replaces the training adversary: set "
+                              f"attack.name=pgd (its eps, step_size and steps shape the inner "
+                              f"maximisation), got attack.name={self.attack.name!r}")
         if self.init_from is not None and not str(self.init_from).strip():
             raise ConfigError("init_from must be a run directory or checkpoint path, or null")
         return self

@@ -691,8 +691,8 @@ def code_version() -> str:
 # Modules that evaluation never imports (training, orchestration, export, benchmarks): editing
 # them cannot change an evaluation's numbers, so they stay out of the journal key. A new module is
 # in the key until it is listed here.
-_NOT_EVALUATION = frozenset({"__main__.py", "bench.py", "cli.py", "export.py", "packing.py",
-                             "report.py", "sweep.py", "train.py"})
+_NOT_EVALUATION = frozenset({"__main__.py", "bench.py", "cli.py", "distill.py", "export.py",
+                             "packing.py", "report.py", "sweep.py", "train.py"})
 
 
 def _package_digest(root: Path | None = None) -> str:

@@ -46,6 +46,7 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_che
 from .config import Config, ConfigError, PruneConfig
 from .constraints import FactorRegularizer, layer_stats, prune_factors
 from .data import DATASET_INFO, build_datasets, canonical_name
+from .distill import distill_loss, load_teacher
 from .evaluate import code_version, machine_description
 from .models import build_model
 from .separable import SeparableLinear
@@ -142,15 +143,20 @@ def eps_scale(cfg: Config, step: int, steps_per_epoch: int) -> float:
 
 
 def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
-              core: nn.Module | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor]:
+              core: nn.Module | None = None, scale: float = 1.0,
+              teacher: nn.Module | None = None) -> tuple[Tensor, Tensor]:
     """The training loss and the logits on the adversarial (or clean) inputs.
 
     The attack is crafted on ``core`` (the unwrapped model: no DDP gradient sync for input
     gradients) in eval mode, so batch-norm statistics see only the training forward. ``scale``
-    multiplies ε and the step size (the ε warm-up, :func:`eps_scale`).
+    multiplies ε and the step size (the ε warm-up, :func:`eps_scale`). With a ``teacher``
+    (``distill.teacher``) the loss is robust distillation (:func:`sstorch.distill.distill_loss`).
     """
     a = cfg.attack
     core = core if core is not None else model
+    if teacher is not None:
+        return distill_loss(model, teacher, x, y, cfg.distill, a.eps * scale,
+                            a.step_size * scale, a.steps, core)
     if a.name == "none" or a.eps == 0:
         logits = model(x)
         return F.cross_entropy(logits, y), logits
@@ -346,6 +352,10 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
     init_note = ""
     if cfg.init_from is not None and resume is None:
         init_note = "; " + _init_from(model, cfg.init_from)
+    teacher = None
+    if cfg.distill.teacher is not None:
+        teacher = load_teacher(cfg.distill.teacher, device, info.num_classes, info.image_shape)
+        init_note += f"; distilled ({cfg.distill.method}) from {cfg.distill.teacher}"
     if d.main:  # data and model are valid: only now create the run directory
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -423,7 +433,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
                 x = x.contiguous(memory_format=torch.channels_last)
             scale = eps_scale(cfg, (epoch - 1) * steps_per_epoch + i, steps_per_epoch)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, logits = _adv_loss(cfg, model, x, y, core, scale)
+                loss, logits = _adv_loss(cfg, model, x, y, core, scale, teacher)
             total = loss.float() + reg()  # the factor penalties (SVD-based) in float32
             if not torch.isfinite(total):
                 last = run_dir / "last.safetensors"
