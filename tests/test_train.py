@@ -634,3 +634,29 @@ def test_reported_model_meets_the_pruning_target(tmp_path, monkeypatch):
     assert layer["sparsity"] >= 0.5, (
         f"summary.json reports a model with sparsity {layer['sparsity']} although "
         "prune.target=0.5 (best checkpoint chosen before the pruning ramp ended)")
+
+
+def test_on_epoch_sees_each_row_and_can_stop_the_run(tmp_path: Path) -> None:
+    """The hook gets every epoch's metrics row after its checkpoint; raising stops training
+    there, and ``--resume`` continues from that epoch (how a search prunes a trial)."""
+    seen: list[tuple[int, float]] = []
+
+    class Stop(Exception):
+        pass
+
+    def hook(epoch: int, row: dict) -> None:
+        seen.append((epoch, row["val_robust_acc"]))
+        if epoch == 2:
+            raise Stop
+
+    cfg = _cfg(tmp_path, epochs=4)
+    with pytest.raises(Stop):
+        train_mod.train(cfg, log=lambda *a: None, on_epoch=hook)
+    run_dir = tmp_path / "run"
+    assert [e for e, _ in seen] == [1, 2]
+    assert [int(r["epoch"]) for r in _rows(run_dir)] == [1, 2]
+    assert seen[1][1] == pytest.approx(float(_rows(run_dir)[1]["val_robust_acc"]))
+    assert not (run_dir / "summary.json").exists()
+    train_mod.train(cfg, resume=run_dir, log=lambda *a: None, on_epoch=hook)
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert (run_dir / "summary.json").is_file()

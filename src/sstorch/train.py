@@ -19,6 +19,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -332,8 +333,14 @@ def _final_keep(model: nn.Module, p: PruneConfig) -> int:
                else total - math.floor(p.target * total + 1e-9))
 
 
-def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
-    """Train (or resume) a run; returns its directory. See the module docstring."""
+def train(cfg: Config, resume: str | Path | None = None, log=print,
+          on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
+    """Train (or resume) a run; returns its directory. See the module docstring.
+
+    ``on_epoch(epoch, row)`` is called on the main process after each epoch's checkpoint is
+    written, with that epoch's ``metrics.csv`` row; an exception it raises stops the run there
+    (a hyperparameter search prunes a hopeless trial this way; ``--resume`` continues it).
+    """
     d = _setup_distributed(cfg.device)
     device = _device(cfg.device, d)
     _seed_everything(cfg.seed + d.rank, cfg.deterministic)
@@ -514,6 +521,13 @@ def train(cfg: Config, resume: str | Path | None = None, log=print) -> Path:
             log(f"epoch {epoch}: loss {row['train_loss']:.4f}  train adv acc "
                 f"{row['train_adv_acc']:.4f}  val clean {row['val_clean_acc']:.4f}  val robust "
                 f"{row['val_robust_acc']:.4f}  ({row['epoch_seconds']:.1f} s)")
+            if on_epoch is not None:
+                try:
+                    on_epoch(epoch, dict(row))
+                except BaseException:
+                    if writer is not None:
+                        writer.close()
+                    raise
         if d.world > 1:
             dist.barrier()
 
