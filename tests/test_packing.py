@@ -88,3 +88,35 @@ def test_errors(tmp_path):
     save_file({"a": torch.zeros(1)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(ValueError, match="not an sstorch sparse file"):
         unpack_sparse(tmp_path / "foreign.safetensors", model)
+
+
+def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
+    """A magnitude-pruned dense MLP (``weight_mask`` buffers, sstorch.baselines): the file holds
+    each pruned weight as bitmask + values and no mask, so it is far smaller than the dense
+    weights; unpacking into a fresh model restores the weights, the masks and the function."""
+    from sstorch.baselines import prune_linear_
+
+    torch.manual_seed(0)
+    model = _mlp("model.separable=false", "constraints.lambda_sparsity=0",
+                 "constraints.lambda_cond=0")
+    prune_linear_(model, keep=2000)
+    report = pack_sparse(model, tmp_path / "p.safetensors")
+    s = summary(model)
+    assert report.param_bytes == s.bytes_sparse
+    assert report.buffer_bytes == 8  # Normalize only: the weight masks are not stored
+    assert report.file_bytes < 0.2 * s.bytes_dense_fp32
+    with safe_open(str(tmp_path / "p.safetensors"), framework="pt") as f:
+        assert not any(k.endswith("weight_mask") for k in f.keys())
+
+    torch.manual_seed(1)
+    fresh = _mlp("model.separable=false", "constraints.lambda_sparsity=0",
+                 "constraints.lambda_cond=0")
+    unpack_sparse(tmp_path / "p.safetensors", fresh)
+    own, back = model.state_dict(), fresh.state_dict()
+    assert own.keys() == back.keys()  # weight_mask buffers included
+    for k in own:
+        assert torch.equal(own[k], back[k]), k
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(model(x), fresh(x))
+    assert summary(fresh).total_nnz == summary(model).total_nnz

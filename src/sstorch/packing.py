@@ -13,7 +13,8 @@ So the parameter payload of the file is ``Σ_t min(4·numel_t, ⌈numel_t/8⌉ +
 to ``summary(model).bytes_sparse``. Buffers (normalization constants, batch-norm statistics)
 are stored dense under ``<name>`` and counted apart (``buffer_bytes``), as is the safetensors
 header (JSON with shapes, dtypes, offsets and the encoding of each tensor). Pruning masks are
-not stored: a pruned layer's ``mask_k`` is restored as the nonzero pattern of factor ``k``
+not stored: a pruned layer's ``mask_k`` is restored as the nonzero pattern of factor ``k``, a
+pruned ``nn.Linear``'s ``weight_mask`` (``sstorch.baselines``) as that of its weight
 (identical to the pruning mask unless a kept entry is exactly 0; the layer computes the same
 function either way).
 
@@ -68,11 +69,22 @@ class PackReport:
         return asdict(self)
 
 
+def _pruned_linears(model: nn.Module) -> list[str]:
+    """Names of the ``nn.Linear`` layers that carry a ``weight_mask`` (``sstorch.baselines``)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and isinstance(getattr(m, "weight_mask", None), Tensor)]
+
+
 def _named_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, list[int]]]:
-    """``({name: effective tensor}, {layer name: pruned modes})``; masks applied to factors."""
+    """``({name: effective tensor}, {layer name: pruned modes})``; masks applied to factors
+    and to pruned ``nn.Linear`` weights (whose pruned entries are 0 already)."""
     tensors: dict[str, Tensor] = {}
     masked: dict[str, list[int]] = {}
     effective: dict[str, Tensor] = {}
+    for lname in _pruned_linears(model):
+        layer = model.get_submodule(lname)
+        prefix = f"{lname}." if lname else ""
+        effective[f"{prefix}weight"] = layer.weight * layer.weight_mask
     for lname, mod in model.named_modules():
         if isinstance(mod, SeparableLinear):
             prefix = f"{lname}." if lname else ""
@@ -107,8 +119,9 @@ def packed_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str], i
         param_bytes += size
     buffer_bytes = 0
     for name, b in model.named_buffers():
-        if name.rsplit(".", 1)[-1].startswith("mask_"):
-            continue  # restored from the factors' nonzero pattern
+        last = name.rsplit(".", 1)[-1]
+        if last.startswith("mask_") or last == "weight_mask":
+            continue  # restored from the factors' / the weight's nonzero pattern
         out[name] = b.detach().to("cpu").contiguous()
         encoding[name] = "buffer"
         buffer_bytes += b.numel() * b.element_size()
@@ -146,7 +159,8 @@ def pack_sparse(model: nn.Module, path: str | os.PathLike) -> PackReport:
     shapes = {**{k: list(t.shape) for k, t in params.items()},
               **{k: list(b.shape) for k, b in model.named_buffers() if k in encoding}}
     meta = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, "encoding": encoding,
-                                   "shapes": shapes, "masked": masked})}
+                                   "shapes": shapes, "masked": masked,
+                                   "masked_linear": _pruned_linears(model)})}
     with temp_beside(path) as tmp:
         tmp.write_bytes(save(tensors, metadata=meta))
         os.replace(tmp, path)
@@ -201,6 +215,10 @@ def unpack_sparse(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         for k in modes:
             state[f"{prefix}mask_{k}"] = (state[f"{prefix}factors.{k}"] != 0).to(
                 own[f"{prefix}factors.{k}"].dtype)
+    for lname in doc.get("masked_linear", []):  # pruned nn.Linear: mask = nonzero pattern
+        prefix = f"{lname}." if lname else ""
+        state[f"{prefix}weight_mask"] = (state[f"{prefix}weight"] != 0).to(
+            own[f"{prefix}weight"].dtype)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
