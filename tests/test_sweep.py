@@ -70,6 +70,7 @@ def test_jobs_are_seed_major(tmp_path):
         ([{"method": "sep", "reference": "nope"}], {}, "reference 'nope', not a row"),
         ([{"method": "sep", "eval": {"steps": 3}}], {}, r"rows\[0\]\.eval must be"),
         ([{"method": "sep", "colour": 1}], {}, r"rows\[0\] has unknown keys \['colour'\]"),
+        ([{"method": "sep", "teacher": "nope"}], {}, "teacher 'nope', not a row"),
         (ROWS, {"eval": {"n": 5, "restarts": 2}}, r"eval has unknown keys \['restarts'\]"),
     ],
 )
@@ -406,6 +407,24 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
         sweep._work(m, print, only={"sep"})
     lock.write_text("999999999")  # that worker died: nothing to wait for
     assert sweep._work(m, print, only={"sep"}) == 1
+
+
+def test_a_row_distilled_from_another_waits_for_its_teacher_then_uses_it(tmp_path):
+    from sstorch import sweep
+    from sstorch.sweep import job_overrides
+
+    rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0], "teacher": "dense"}]
+    m = load_manifest(_write_sweep(tmp_path, rows, eval={"pgd_steps": 1, "n": 8}))
+    student = next(j for j in jobs(m) if j.method == "sep")
+    teacher_dir = m.out_dir / "dense" / "seed0"
+    assert student.teacher == teacher_dir and student.needs == [teacher_dir]
+    assert f"distill.teacher={teacher_dir}" in job_overrides(student)
+    assert sweep._work(m, print, only={"sep"}) == 1  # nobody trains the teacher: give up
+    assert not student.run_dir.exists()
+    assert sweep._work(m, print) == 0  # the teacher first, then the student
+    saved = yaml.safe_load((student.run_dir / "config.yaml").read_text())
+    assert saved["distill"]["teacher"] == str(teacher_dir) and saved["distill"]["method"] == "rslad"
+    assert student.evaluated
 
 
 def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):

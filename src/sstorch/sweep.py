@@ -13,11 +13,14 @@ and ``sweep.yaml``, the manifest::
     rows:
       - {method: dense-mlp, seeds: [0, 1, 2]}
       - {method: prune-mlp-200x, seeds: [0], init_from: dense-mlp}
+      - {method: sep-mlp-200x-rslad, seeds: [0], teacher: dense-mlp}
       - {method: vgg16-sep, seeds: [0], reference: vgg16-dense, eval: {n: 1000}}
 
-A row may name its own ``reference`` (its family's dense model: the compression column is that
-row's parameters over this row's nonzero ones) and override ``eval`` keys (e.g. a test-set
-prefix ``n`` for models whose full evaluation is unaffordable).
+``init_from`` starts a row from another row's trained run of the same seed; ``teacher`` distils
+it from one (``distill.teacher``, :mod:`sstorch.distill`). A row may name its own
+``reference`` (its family's dense model: the compression column is that row's parameters over
+this row's nonzero ones) and override ``eval`` keys (e.g. a test-set prefix ``n`` for models
+whose full evaluation is unaffordable).
 
 Jobs run seed by seed (every method's seed 0 first), each in three resumable stages:
 training (``sstorch train``, resumed from ``last.safetensors`` after an interruption), the
@@ -75,6 +78,7 @@ class Row:
     seeds: list[int]
     init_from: str | None = None
     reference: str | None = None  # the row's family's dense model (default: the manifest's)
+    teacher: str | None = None  # the row whose trained run (same seed) it is distilled from
     eval: dict[str, Any] = field(default_factory=dict)  # overrides of the manifest's eval
 
 
@@ -163,6 +167,12 @@ class Job:
     run_dir: Path
     init_from: Path | None = None
     eval: dict[str, Any] = field(default_factory=dict)  # the manifest's, with the row's overrides
+    teacher: Path | None = None
+
+    @property
+    def needs(self) -> list[Path]:
+        """Run directories that must be trained before this job starts."""
+        return [p for p in (self.init_from, self.teacher) if p is not None]
 
     @property
     def trained(self) -> bool:
@@ -193,21 +203,23 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
             raise FileNotFoundError(f"{path}: rows[{i}] names {r['method']!r} but "
                                     f"{root / (r['method'] + '.yaml')} does not exist")
         seeds = [int(s) for s in r.get("seeds", [0])]
-        if unknown := set(r) - {"method", "seeds", "init_from", "reference", "eval"}:
+        if unknown := set(r) - {"method", "seeds", "init_from", "reference", "eval", "teacher"}:
             raise ValueError(f"{path}: rows[{i}] has unknown keys {sorted(unknown)}; valid: "
-                             "method, seeds, init_from, reference, eval")
+                             "method, seeds, init_from, teacher, reference, eval")
         row_eval = r.get("eval") or {}
         if not isinstance(row_eval, dict) or (bad := set(row_eval) - EVAL_KEYS):
             raise ValueError(f"{path}: rows[{i}].eval must be a mapping of "
                              f"{sorted(EVAL_KEYS)}, got {row_eval!r}")
         rows.append(Row(r["method"], seeds, r.get("init_from"), r.get("reference"),
-                        dict(row_eval)))
+                        r.get("teacher"), dict(row_eval)))
     if not rows:
         raise ValueError(f"{path} lists no rows")
     methods = {r.method for r in rows}
     for r in rows:
         if r.init_from is not None and r.init_from not in methods:
             raise ValueError(f"{path}: {r.method} has init_from {r.init_from!r}, not a row")
+        if r.teacher is not None and r.teacher not in methods:
+            raise ValueError(f"{path}: {r.method} has teacher {r.teacher!r}, not a row")
         if r.reference is not None and r.reference not in methods:
             raise ValueError(f"{path}: {r.method} has reference {r.reference!r}, not a row")
     reference = tree.get("reference", rows[0].method)
@@ -242,8 +254,10 @@ def jobs(m: Manifest) -> list[Job]:
             if seed in r.seeds:
                 run_dir = m.out_dir / r.method / f"seed{seed}"
                 dep = None if r.init_from is None else m.out_dir / r.init_from / f"seed{seed}"
+                teacher = (None if r.teacher is None
+                           else m.out_dir / r.teacher / f"seed{seed}")
                 out.append(Job(r.method, seed, m.root / f"{r.method}.yaml", run_dir, dep,
-                               {**m.eval, **r.eval}))
+                               {**m.eval, **r.eval}, teacher))
     return out
 
 
@@ -302,6 +316,8 @@ def job_overrides(job: Job) -> list[str]:
     overrides = [f"seed={job.seed}", f"out_dir={job.run_dir.parent}", f"name={job.run_dir.name}"]
     if job.init_from is not None:
         overrides.append(f"init_from={job.init_from}")
+    if job.teacher is not None:
+        overrides.append(f"distill.teacher={job.teacher}")
     return overrides
 
 
@@ -948,13 +964,15 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None,
             return len(failed)
         took = False
         for job in pending:
-            if job.init_from is not None and not (job.init_from / "summary.json").is_file():
-                if job.init_from in recorded:  # recorded elsewhere, not trained here
+            untrained = [d for d in job.needs if not (d / "summary.json").is_file()]
+            if untrained:
+                if recorded_dep := [d for d in untrained if d in recorded]:
+                    dep = recorded_dep[0]  # recorded elsewhere, not trained here
                     failed.add(job.run_dir)
-                    log(f"!! {job.method} seed {job.seed} starts from {job.init_from}, which "
+                    log(f"!! {job.method} seed {job.seed} starts from {dep}, which "
                         "is recorded but not trained on this machine: train it first with "
-                        f"--only {job.init_from.parent.name}:{job.seed} --ignore-records")
-                continue  # its starting point is not trained yet
+                        f"--only {dep.parent.name}:{job.seed} --ignore-records")
+                continue  # its starting point or teacher is not trained yet
             lock = _try_lock(job.run_dir)
             if lock is None:
                 continue
@@ -975,8 +993,7 @@ def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None,
         if not took:
             waiting = todo()
             # held by another worker, or waiting for a starting point another worker trains
-            busy = [j for j in waiting if _held(j.run_dir) or (
-                j.init_from is not None and _held(j.init_from))]
+            busy = [j for j in waiting if _held(j.run_dir) or any(_held(d) for d in j.needs)]
             if not busy:
                 return len(waiting) + len(failed)
             time.sleep(30)  # others hold the remaining jobs or their dependencies
