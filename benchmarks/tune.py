@@ -602,61 +602,67 @@ def enforce_budget(rows: list[dict[str, object]], max_nnz: int | None) -> None:
 def plot(rows: list[dict[str, object]], path: Path, max_nnz: int | None,
          by_trial: bool) -> None:
     """Validation robust accuracy per trial (by trial number, else in row order) with the
-    running best, and against nnz when the rows have it."""
+    running best, and against nnz when the rows have it. Points without a number (diverged,
+    over budget, invalid) are ticks along the bottom."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    def kind(r: dict[str, object]) -> str:
+        status = str(r["status"])
+        if r["val_robust_acc"] == "":
+            return "over budget" if status.startswith("over budget") else "no result"
+        return "ok" if status.startswith("ok") else "stopped"
+
+    def draw(ax, xs: list[float]) -> None:
+        styles = {"ok": ("o", "C0", "trained"),
+                  "stopped": ("x", "0.45", "pruned / not selectable (best epoch so far)")}
+        for k, (marker, color, label) in styles.items():
+            pts = [(x, 100 * float(r["val_robust_acc"])) for x, r in zip(xs, rows, strict=True)
+                   if x is not None and kind(r) == k]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker, color=color, ls="", label=label)
+        for k, color in (("over budget", "C3"), ("no result", "0.3")):
+            ticks = [x for x, r in zip(xs, rows, strict=True) if x is not None and kind(r) == k]
+            if ticks:  # at the bottom edge: no accuracy to place them by
+                ax.plot(ticks, [0.0] * len(ticks), "|", ms=12, color=color, ls="",
+                        transform=ax.get_xaxis_transform(), clip_on=False,
+                        label=f"{k} (untrained)" if k == "over budget"
+                        else "diverged / invalid")
+        for x, r in zip(xs, rows, strict=True):
+            if x is not None and r.get("selected"):
+                ax.plot([x], [100 * float(r["val_robust_acc"])], "*", ms=15, color="C3",
+                        ls="", label="selected")
+        ax.set_ylabel("validation robust accuracy (%)")
 
     with_nnz = any(r.get("nnz", "") != "" for r in rows)
     fig, axes = plt.subplots(1, 2 if with_nnz else 1, figsize=(11 if with_nnz else 6, 4),
                              squeeze=False)
     ax = axes[0][0]
-    xs = [int(r["trial"]) if by_trial else i + 1 for i, r in enumerate(rows)]
-    ok = [(x, 100 * float(r["val_robust_acc"]), r) for x, r in zip(xs, rows, strict=True)
-          if r["val_robust_acc"] != "" and str(r["status"]).startswith("ok")]
-    other = [(x, 100 * float(r["val_robust_acc"])) for x, r in zip(xs, rows, strict=True)
-             if r["val_robust_acc"] != "" and not str(r["status"]).startswith("ok")]
-    ax.plot([x for x, _, _ in ok], [y for _, y, _ in ok], "o", color="C0", label="trained")
-    if other:
-        ax.plot(*zip(*other, strict=True), "x", color="0.5",
-                label="pruned / diverged at a check seed (best epoch so far)")
-    if ok:
-        best, steps = -math.inf, []
-        for x, y, _ in ok:
-            best = max(best, y)
+    xs = [float(r["trial"]) if by_trial else float(i + 1) for i, r in enumerate(rows)]
+    draw(ax, xs)
+    best, steps = -math.inf, []
+    for x, r in zip(xs, rows, strict=True):
+        if kind(r) == "ok":
+            best = max(best, 100 * float(r["val_robust_acc"]))
             steps.append((x, best))
+    if steps:
+        steps.append((max(xs), best))  # the best so far, up to the last trial
         ax.step(*zip(*steps, strict=True), where="post", color="C1", label="running best")
-    for r, x in zip(rows, xs, strict=True):
-        if r.get("selected"):
-            ax.plot([x], [100 * float(r["val_robust_acc"])], "*", ms=14, color="C3",
-                    label="selected")
-    untrained = sum(r["val_robust_acc"] == "" for r in rows)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial" if by_trial else "point (grid order)")
-    ax.set_ylabel("validation robust accuracy (%)")
-    ax.set_title(f"{len(rows)} points" + (f", {untrained} without a result (diverged, over "
-                                          "budget or invalid)" if untrained else ""),
+    ax.set_title(f"{len(rows)} points, {sum(kind(r) == 'ok' for r in rows)} selectable",
                  fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     if with_nnz:
         ax = axes[0][1]
-        pts = [(int(r["nnz"]), 100 * float(r["val_robust_acc"]), r) for r in rows
-               if r.get("nnz", "") != "" and r["val_robust_acc"] != ""]
-        good = [(n, y) for n, y, r in pts if str(r["status"]).startswith("ok")]
-        bad = [(n, y) for n, y, r in pts if not str(r["status"]).startswith("ok")]
-        if good:
-            ax.plot(*zip(*good, strict=True), "o", color="C0", label="trained")
-        if bad:
-            ax.plot(*zip(*bad, strict=True), "x", color="0.5", label="pruned / not selectable")
-        for n, y, r in pts:
-            if r.get("selected"):
-                ax.plot([n], [y], "*", ms=14, color="C3", label="selected")
+        draw(ax, [float(r["nnz"]) if r.get("nnz", "") != "" else None for r in rows])
         if max_nnz is not None:
-            ax.axvline(max_nnz, ls="--", color="C3", label=f"budget {max_nnz:,} nnz")
-        ax.set_xscale("log")
+            ax.axvline(max_nnz, ls="--", color="C3", lw=1, label=f"budget {max_nnz:,} nnz")
         ax.set_xlabel("nonzero parameters")
-        ax.set_ylabel("validation robust accuracy (%)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
