@@ -655,14 +655,16 @@ def plot(rows: list[dict[str, object]], path: Path, max_nnz: int | None,
     ax.set_xlabel("trial" if by_trial else "point (grid order)")
     ax.set_title(f"{len(rows)} points, {sum(kind(r) == 'ok' for r in rows)} selectable",
                  fontsize=9)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     if with_nnz:
         ax = axes[0][1]
         draw(ax, [float(r["nnz"]) if r.get("nnz", "") != "" else None for r in rows])
         if max_nnz is not None:
             ax.axvline(max_nnz, ls="--", color="C3", lw=1, label=f"budget {max_nnz:,} nnz")
         ax.set_xlabel("nonzero parameters")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
