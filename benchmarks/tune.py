@@ -791,7 +791,8 @@ def run_space(args: argparse.Namespace, search: Search, sampler_kind: str,
     optuna = import_optuna()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = args.study_name or Path(args.out).resolve().name
-    signature = {"space": [q.spec() for q in search.params], "set": list(args.set)}
+    signature = {"space": [q.spec() for q in search.params], "set": list(args.set),
+                 "max_nnz": args.max_nnz}
     study = open_study(optuna, args, name, not args.report_only, optuna.samplers.RandomSampler(),
                        make_pruner(optuna, args.pruner or "median"))
     if study is None:
@@ -801,8 +802,8 @@ def run_space(args: argparse.Namespace, search: Search, sampler_kind: str,
         study.set_user_attr("tune", signature)
     elif old is not None and old != signature:
         raise SystemExit(f"study {name!r} is another search (--space {' '.join(old['space'])}; "
-                         f"--set {' '.join(old['set']) or 'none'}); use a new --out or "
-                         "--study-name for this one")
+                         f"--set {' '.join(old['set']) or 'none'}; --max-nnz "
+                         f"{old.get('max_nnz')}); use a new --out or --study-name for this one")
     _, named = search_rows(study, Path(args.out))
     refuse_stale(args, named, check_seeds)
     # rejected points (over budget, invalid) are not trained and do not count towards

@@ -246,6 +246,8 @@ def test_a_space_search_persists_its_study_and_continues_it(tmp_path, capsys):
     assert table.read_bytes() == before and "== trial" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match="another search"):
         tune.main([a.replace("int:1:2", "int:1:3") for a in args] + ["--trials", "4"])
+    with pytest.raises(SystemExit, match="another search"):  # another budget, too
+        tune.main([*args, "--trials", "4", "--max-nnz", "1000"])
 
 
 def test_a_pruned_trial_is_recorded_never_selected_and_not_retrained(tmp_path, capsys,
