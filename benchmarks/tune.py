@@ -3,8 +3,9 @@
 Trains one run per point (a set of config overrides) from a base config, in ``<out>/<point>``,
 resuming or skipping finished points, and writes one CSV line per point with the epoch that the
 run keeps as ``best.safetensors`` — the highest validation robust accuracy — and its validation
-clean accuracy and ``log10 Π κ`` of the separable layers at that epoch. The test-set numbers
-that ``sstorch train`` prints at the end are deliberately not read.
+clean accuracy and ``log10 Π κ`` of the separable layers at that epoch (a run that prunes
+keeps an epoch from ``prune.end_epoch`` on, as ``train`` does). The test-set numbers that
+``sstorch train`` prints at the end are deliberately not read.
 
 Two ways to choose the points:
 
@@ -25,7 +26,8 @@ Two ways to choose the points:
   to 4 significant digits, which names the point. A ``--grid`` given with ``--space`` is one
   more categorical parameter. The CSV gains the columns ``trial`` (the first trial that
   proposed the point) and ``nnz``. Points rejected untrained (over ``--max-nnz``, or an
-  invalid config) do not count towards ``--trials``.
+  invalid config) do not count towards ``--trials`` (except with ``--sampler grid``, which
+  runs out of points instead). Optuna sees pruned, diverged and rejected trials as pruned.
 
 Keys are dotted config keys, as for ``--set``. The study lives in ``--storage`` (default
 ``sqlite:///<out>/study.db``) under ``--study-name`` (default: the name of ``--out``; a grid
