@@ -181,6 +181,12 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _started(run_dir: Path) -> bool:
+    """Whether training began in ``run_dir``: resume it (from epoch 1 if it was stopped before
+    its first checkpoint; `sstorch train` refuses a fresh run there)."""
+    return any((run_dir / f).is_file() for f in ("last.safetensors", "config.yaml"))
+
+
 def run_point(train, diverged_error, cfg, run_dir: Path, resume: Path | None,
               device: str) -> bool:
     """Train one run; a divergence is recorded in ``run_dir/diverged.txt``. True if it trained."""
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only or i % nshards != shard or (run_dir / "summary.json").is_file() \
                 or (run_dir / DIVERGED).is_file():
             continue
-        resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+        resume = run_dir if _started(run_dir) else None
         print(f"== {name}{' (resumed)' if resume else ''}", flush=True)
         t0 = time.perf_counter()
         dev = torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" \
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         name = str(rows[chosen]["point"])
         for s in pending[name]:  # train the selected point at each check seed
             run_dir = check_dir(out, name, s)
-            resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+            resume = run_dir if _started(run_dir) else None
             print(f"== {name} at check seed {s}{' (resumed)' if resume else ''}", flush=True)
             cfg = check_cfg(by_name[name], s)
             dev = torch.cuda.get_device_name() if torch.cuda.is_available() \
