@@ -154,6 +154,7 @@ def test_a_run_directory_in_use_is_refused(finished, tmp_path, capsys):
     fd = os.open(run_dir / ".sstorch.lock", os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)  # (the lock file of the run that made the directory is there)
         os.write(fd, b"sstorch train, pid 4242")
         assert main(["train", "--resume", str(run_dir), "--set", "epochs=2"]) == 1
         line = _error_line(capsys)
