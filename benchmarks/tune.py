@@ -370,6 +370,12 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _started(run_dir: Path) -> bool:
+    """Whether training began in ``run_dir``: resume it (from epoch 1 if it was stopped before
+    its first checkpoint; `sstorch train` refuses a fresh run there)."""
+    return any((run_dir / f).is_file() for f in ("last.safetensors", "config.yaml"))
+
+
 def run_point(train, diverged_error, cfg, run_dir: Path, resume: Path | None,
               device: str, on_epoch: Callable[[int, dict], None] | None = None) -> bool:
     """Train one run; a divergence is recorded in ``run_dir/diverged.txt``. True if it trained.
@@ -511,7 +517,7 @@ class Search:
             if done["status"] != "ok":
                 raise optuna.TrialPruned(str(done["status"]))
             return float(done["val_robust_acc"])
-        resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+        resume = run_dir if _started(run_dir) else None
         print(f"== {self.label(trial.number, name)}{' (resumed)' if resume else ''}", flush=True)
         t0 = time.perf_counter()
         try:
@@ -947,7 +953,7 @@ def main(argv: list[str] | None = None) -> int:
         name = str(rows[chosen]["point"])
         for s in pending[name]:  # train the selected point at each check seed
             run_dir = check_dir(out, name, s)
-            resume = run_dir if (run_dir / "last.safetensors").is_file() else None
+            resume = run_dir if _started(run_dir) else None
             print(f"== {name} at check seed {s}{' (resumed)' if resume else ''}", flush=True)
             cfg = check_cfg(args, named[name], s)
             if not run_point(train, TrainingDiverged, cfg, run_dir, resume, device_of(cfg)):

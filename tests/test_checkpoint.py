@@ -90,7 +90,8 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
 
 
 def tmp_files(directory: Path) -> list[str]:
-    return [p.name for p in directory.iterdir() if p.name.startswith(".tmp-")]
+    """Hidden files left in ``directory`` (every temporary name of a write is hidden)."""
+    return [p.name for p in directory.iterdir() if p.name.startswith(".")]
 
 
 # --------------------------------------------------------------------------- round trips

@@ -363,3 +363,71 @@ def test_invalid_yaml_names_path(tmp_path: Path, text: str) -> None:
 
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------
+# Values that used to produce wrong runs or messages that did not name the key (issue 24)
+
+
+def test_pruning_window_past_the_last_epoch_is_rejected() -> None:
+    # It used to train an unpruned model, keep no best.safetensors and exit 0.
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["prune.target=0.5", "prune.start_epoch=3", "prune.end_epoch=5",
+                           "epochs=2"])
+    for key in ("prune.start_epoch=3", "prune.end_epoch=5", "epochs=2"):
+        assert key in str(info.value)
+    cfg = load_config(None, ["prune.target=0.5", "prune.start_epoch=1", "prune.end_epoch=2",
+                             "epochs=2"])
+    assert cfg.prune.end_epoch == cfg.epochs
+    # without pruning the window is unused: the defaults stay valid for one epoch
+    assert load_config(None, ["epochs=1", "prune.end_epoch=5"]).epochs == 1
+
+
+@pytest.mark.parametrize(("item", "pattern"), [
+    ("eval.n=0", r"eval\.n must be ≥ 1"),
+    ("eval.n=-5", r"eval\.n must be ≥ 1"),
+    ("model.hidden=[[0, 0]]", r"model\.hidden=\[\[0, 0\]\].*got \[0, 0\]"),
+    ("model.hidden=[[16, 16], []]", r"model\.hidden=.*got \[\]"),
+    ("model.hidden=[-3]", r"model\.hidden=.*got -3"),
+    ("seed=1180591620717411303424", r"seed must be an integer in 0\.\.4294967295"),
+    ("seed=-1", r"seed must be an integer in 0\.\."),
+])
+def test_values_that_produced_wrong_runs_name_their_key(item: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(None, [item])
+
+
+def test_seed_and_hidden_boundaries_are_valid() -> None:
+    cfg = load_config(None, ["seed=4294967295", "model.hidden=[[1, 1], 7]", "eval.n=1"])
+    assert (cfg.seed, cfg.model.hidden, cfg.eval.n) == (2**32 - 1, [[1, 1], 7], 1)
+
+
+def test_duplicate_yaml_keys_are_rejected_naming_the_key_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "epochs: 3\noptim:\n  lr: 0.1\n  momentum: 0.9\n  lr: 0.2\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = str(info.value)
+    assert str(path) in text and "duplicate key 'lr' at line 5 (first at line 3)" in text
+    top = write(tmp_path, "epochs: 3\nseed: 1\nepochs: 4\n", "top.yaml")
+    with pytest.raises(ConfigError, match=r"top\.yaml.*duplicate key 'epochs'"):
+        load_config(top)
+    # the same key in two sections is not a duplicate; YAML merge keys still work
+    ok = write(tmp_path, "optim: {lr: 0.1}\nattack: {eps: 0.1}\ndata: &d {batch_size: 8}\n"
+               "_unused: {<<: *d, eval_batch_size: 16}\n", "ok.yaml")
+    with pytest.raises(ConfigError, match="unknown config key '_unused'"):
+        load_config(ok)  # parsed fine: only the (deliberately) unknown section is refused
+
+
+def test_paths_expand_home_and_environment_variables(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SSTORCH_TEST_RUNS", str(tmp_path / "runs"))
+    cfg = load_config(None, ["data.root=~/data", "out_dir=$SSTORCH_TEST_RUNS/a",
+                             "init_from=${SSTORCH_TEST_RUNS}/dense/best.safetensors"])
+    assert cfg.data.root == str(tmp_path / "home" / "data")
+    assert cfg.out_dir == str(tmp_path / "runs" / "a")
+    assert cfg.init_from == str(tmp_path / "runs" / "dense" / "best.safetensors")
+    yaml_file = write(tmp_path, "data:\n  root: ~/d2\n")
+    assert load_config(yaml_file).data.root == str(tmp_path / "home" / "d2")
+    monkeypatch.delenv("SSTORCH_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError, match=r"data\.root=.*SSTORCH_TEST_UNSET is not set"):
+        load_config(None, ["data.root=$SSTORCH_TEST_UNSET/data"])

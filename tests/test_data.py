@@ -505,3 +505,34 @@ def test_real_mnist_from_the_shared_folder(monkeypatch: pytest.MonkeyPatch) -> N
     test = get_dataset("mnist", train=False)
     assert len(test) == 10_000 and test.targets[:5].tolist() == [7, 2, 1, 0, 4]
     assert len(get_dataset("mnist", train=True)) == 60_000
+
+
+@pytest.mark.parametrize("damage", ["malicious", "truncated"])
+def test_bad_cifar_batch_is_a_one_line_cli_error_naming_the_file(tmp_path, capsys, monkeypatch,
+                                                                  damage):
+    """A refused (code-running) pickle or an interrupted download: `sstorch train` names the
+    file and says how to get it again, in one line, without a traceback."""
+    from sstorch.cli import main
+
+    monkeypatch.delenv("SSTORCH_DEBUG", raising=False)
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    write_cifar_batch(folder / "test", 4, b"fine_labels", 100)
+    bad = folder / "train"
+    if damage == "malicious":
+        marker = tmp_path / "pwned"
+        bad.write_bytes(pickle.dumps({b"data": _Exploit(marker), b"fine_labels": [0]}))
+    else:
+        write_cifar_batch(bad, 12, b"fine_labels", 100)
+        bad.write_bytes(bad.read_bytes()[:-200])  # cut like an interrupted download
+    code = main(["train", "--set", "data.name=cifar100", f"data.root={tmp_path}",
+                 f"out_dir={tmp_path / 'runs'}", "epochs=1", "device=cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"sstorch train: error: {bad}: ")
+    assert "data.download=true" in err
+    assert ("asks to run code" if damage == "malicious" else "truncated or damaged") in err
+    if damage == "malicious":
+        assert not marker.exists()
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that never started

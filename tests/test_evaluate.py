@@ -347,23 +347,81 @@ def test_an_interrupted_evaluation_resumes_from_its_journal_with_the_same_number
     with pytest.raises(KeyboardInterrupt):
         evaluate_attacks(model, loader, {**attacks(), "pgd": Dies()}, 0.05, seed=3,
                          journal=journal, journal_key="k")
-    assert len(journal.read_text().splitlines()) == 1  # batch 0 finished
+    recs = [json.loads(line) for line in journal.read_text().splitlines()]
+    # batch 0: FGSM's line, then the finished batch; batch 1: FGSM's line (PGD was killed)
+    assert [(r.get("batch"), r.get("partial"), r.get("attack")) for r in recs] == [
+        (None, 0, "fgsm"), (0, None, None), (None, 1, "fgsm")]
     with open(journal, "a") as f:
-        f.write('{"key": "k", "batch": 1, "n"')  # a line torn by the kill is ignored
+        f.write('{"key": "k", "batch": 2, "n"')  # a line torn by the kill is skipped
+    fgsm_calls = []
+
+    def counted_fgsm(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+        fgsm_calls.append(len(images))
+        return make_attack("fgsm", 0.05)(model, images, labels)
+
     lines = []
-    resumed = evaluate_attacks(model, loader, attacks(), 0.05, seed=3, journal=journal,
-                               journal_key="k", log=lines.append)
-    assert resumed["resumed_batches"] == 1 and "after 1 finished batches" in lines[0]
+    resumed = evaluate_attacks(model, loader, {**attacks(), "fgsm": counted_fgsm}, 0.05, seed=3,
+                               journal=journal, journal_key="k", log=lines.append)
+    assert resumed["resumed_batches"] == 1 and resumed["resumed_attacks"] == 1
+    assert len(fgsm_calls) == 1  # only batch 2's: batch 1's FGSM came from the journal
+    assert any("after 1 finished batches and 1 attack(s) of 1 unfinished batch(es)" in line
+               for line in lines), lines
+    assert any(str(journal) in line and "damaged" in line for line in lines), lines
     for key in ("n", "clean_acc", "robust_acc"):
         assert resumed[key] == whole[key], key
     assert {a: v["acc"] for a, v in resumed["attacks"].items()} == \
         {a: v["acc"] for a, v in whole["attacks"].items()}
     assert {a: v["n_attacked"] for a, v in resumed["attacks"].items()} == \
         {a: v["n_attacked"] for a, v in whole["attacks"].items()}
+    # the torn fragment stays on its own line: the records written after it parse
+    text = journal.read_text().splitlines()
+    assert text[3] == '{"key": "k", "batch": 2, "n"'
+    assert all(json.loads(line)["key"] == "k" for line in text[4:])
     # another key (e.g. another checkpoint or ε) reuses nothing
-    fresh = evaluate_attacks(model, loader, attacks(), 0.05, seed=3, journal=journal,
-                             journal_key="other")
+    with pytest.warns(UserWarning, match="skipped 1 damaged line"):  # no log: a warning
+        fresh = evaluate_attacks(model, loader, attacks(), 0.05, seed=3, journal=journal,
+                                 journal_key="other")
     assert fresh["resumed_batches"] == 0 and fresh["robust_acc"] == whole["robust_acc"]
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "missing fields", "wrong types"])
+def test_a_damaged_journal_line_is_skipped_with_a_warning(tmp_path, damage):
+    """64 random bytes (not UTF-8), a well-formed record without its counts, or with counts
+    of the wrong type: skipped with a warning naming the file; the batch is redone and the
+    numbers are those of a fresh evaluation."""
+    from digits_models import undefended
+    from sstorch.attack_registry import make_attack
+
+    model = undefended()
+    x, y = held_out(64)
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)  # 2 batches
+    attacks = lambda: {"fgsm": make_attack("fgsm", 0.05)}  # noqa: E731
+    whole = evaluate_attacks(model, loader, attacks(), 0.05, seed=1)
+    journal = tmp_path / "eval.journal.jsonl"
+    evaluate_attacks(model, DataLoader(TensorDataset(x[:32], y[:32]), batch_size=32),
+                     attacks(), 0.05, seed=1, journal=journal, journal_key="k")
+    good = journal.read_text()  # batch 0, finished
+    if damage == "random bytes":
+        journal.write_bytes(good.encode() + torch.randint(0, 256, (64,),
+                            generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+                            .numpy().tobytes() + b"\xff\xfe")
+    elif damage == "missing fields":
+        journal.write_text(good + json.dumps({"key": "k", "batch": 1, "n": 32}) + "\n")
+    else:
+        journal.write_text(good + json.dumps({"key": "k", "batch": 1, "n": 32, "clean": "x",
+                                              "robust": 1, "clean_seconds": 0.1, "hits": {},
+                                              "seconds": {}, "tried": {}}) + "\n")
+    lines: list[str] = []
+    resumed = evaluate_attacks(model, loader, attacks(), 0.05, seed=1, journal=journal,
+                               journal_key="k", log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    assert len(warnings) == 1 and str(journal) in warnings[0], lines
+    assert resumed["resumed_batches"] == 1  # batch 0 from the journal, batch 1 redone
+    for key in ("n", "clean_acc", "robust_acc"):
+        assert resumed[key] == whole[key], key
+    # the record written after the damage is on a line of its own and readable
+    last = journal.read_bytes().split(b"\n")[-2]
+    assert json.loads(last)["batch"] == 1
 
 
 def test_eval_run_removes_its_journal_when_done(run_dir, tmp_path):
@@ -389,6 +447,7 @@ def test_eval_run_resumes_after_the_attacks_without_redoing_the_eps_sweep(
     with pytest.raises(KeyboardInterrupt):
         _eval(run_dir, "--out", str(out))
     lines = [json.loads(x) for x in (out / "eval.journal.jsonl").read_text().splitlines()]
+    lines = [x for x in lines if "partial" not in x]  # the per-attack lines of the batch
     assert [x.get("phase") for x in lines] == [None, "eps_sweep"]  # 100 images: one batch
     assert lines[1]["value"] == whole["eps_sweep"]
 

@@ -134,13 +134,13 @@ def test_a_materialized_kronecker_product_is_refused(tiny, images, tmp_path, mon
 
 def test_failed_parity_leaves_no_file(tiny, images, tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
-    with pytest.raises(ExportError, match=r"parity check failed.*nothing was written"):
-        export_onnx(tiny, out, images=images, tolerance=-1.0)
-    assert list(tmp_path.iterdir()) == []
-    # A perturbed runtime output, and an existing file under the name stays as it was.
-    out.write_bytes(b"previous export")
     real = export_mod._run_ort
     monkeypatch.setattr(export_mod, "_run_ort", lambda s, x: real(s, x) + 1e-3)
+    with pytest.raises(ExportError, match=r"parity check failed.*nothing was written"):
+        export_onnx(tiny, out, images=images)
+    assert list(tmp_path.iterdir()) == []
+    # An existing file under the name stays as it was.
+    out.write_bytes(b"previous export")
     with pytest.raises(ExportError, match="parity check failed"):
         export_onnx(tiny, out, images=images)
     assert out.read_bytes() == b"previous export"
@@ -253,3 +253,20 @@ def test_cli_checkpoint_file_and_errors(run_dir, tmp_path, capsys):
         assert err.startswith("sstorch export: error: "), err
         assert re.search(match, err), (match, err)
     assert list(lone.iterdir()) == [lone / "w.safetensors"]
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "inf"])
+def test_cli_bad_tolerance_is_refused_before_any_work(run_dir, capsys, monkeypatch, tolerance):
+    """``--tolerance nan`` used to run the whole export and then fail the parity check."""
+    monkeypatch.delenv("SSTORCH_DEBUG", raising=False)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the export started before the tolerance was checked")
+
+    monkeypatch.setattr(export_mod, "_load_target", no_work)
+    assert main(["export", str(run_dir), "--tolerance", tolerance]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sstorch export: error: tolerance must be a finite number ≥ 0")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ExportError, match="tolerance must be a finite number"):
+        export_onnx(run_dir, tolerance=float(tolerance))

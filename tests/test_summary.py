@@ -285,3 +285,22 @@ def test_summary_of_separated_vgg16(vgg_pair):
                                      if name.startswith("classifier"))
     assert [la.kind for la in s.layers] == ["separable"] * 3
     assert "classifier.0" in s.table() and "512×7×7" in s.table()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0.5", "abc"])
+def test_cli_summary_bad_compression_names_the_option(value, capsys):
+    """``--compression nan`` used to fail deep inside the surgery without naming the option."""
+    from sstorch.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["summary", "--compression", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--compression must be a finite number ≥ 1" in err and "Traceback" not in err
+
+
+def test_separate_rejects_a_nan_compression():
+    from sstorch.surgery import separate
+
+    with pytest.raises(ValueError, match="compression must be a finite number ≥ 1"):
+        separate(nn.Sequential(nn.Linear(16, 16)), compression=float("nan"))

@@ -335,14 +335,16 @@ def test_resume_extends_a_finished_run_like_a_straight_run(tmp_path, determinist
     """1 epoch, then ``train(cfg(epochs=2), resume=...)``: same as 2 epochs straight.
 
     The LR schedule must not depend on ``epochs`` for this to hold: multistep with an
-    absolute milestone (step 4 of 6) and AdamW (whose moments must be restored).
+    absolute milestone (step 4 of 6) and AdamW (whose moments must be restored). No pruning:
+    a 1-epoch run of a window that ends at epoch 2 is refused by the config.
     """
     sched = dict(optim__name="adamw", optim__lr=1e-2, optim__schedule="multistep",
                  optim__milestones="[4]")
-    straight = train(_cfg(tmp_path, "straight", **_RESUME, **sched), log=lambda msg: None)
-    first = train(_cfg(tmp_path, "ext", **{**_RESUME, "epochs": 1}, **sched),
+    recipe = {**_RESUME, "prune__target": 0}
+    straight = train(_cfg(tmp_path, "straight", **recipe, **sched), log=lambda msg: None)
+    first = train(_cfg(tmp_path, "ext", **{**recipe, "epochs": 1}, **sched),
                   log=lambda msg: None)
-    resumed = train(_cfg(tmp_path, "ext", **_RESUME, **sched), resume=first,
+    resumed = train(_cfg(tmp_path, "ext", **recipe, **sched), resume=first,
                     log=lambda msg: None)
     assert resumed == first
     _assert_same_weights(straight, resumed)

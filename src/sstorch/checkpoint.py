@@ -33,9 +33,11 @@ Schedulers keep only what is JSON: learning-rate *lambdas* are code, so ``Lambda
 scheduler from the run's config, then :func:`load_checkpoint` restores its counters
 (``last_epoch``, ``_last_lr``, …).
 
-Writes are atomic: the file is written to ``.tmp-*`` in the same directory, fsynced and
-``os.replace``-d onto the target, so a crash at any moment leaves the previous checkpoint
-intact. Every failure to read — missing, truncated or corrupted file, foreign file, model or
+Writes are atomic: the file is written to a temporary file in the same directory
+(:func:`sstorch.fsutil.atomic_write`), fsynced and ``os.replace``-d onto the target, so a crash
+at any moment leaves the previous checkpoint intact (a kill can leave the temporary file:
+:func:`sstorch.fsutil.remove_stale_temps` removes it; ``sstorch train`` does on every start).
+Every failure to read — missing, truncated or corrupted file, foreign file, model or
 optimizer mismatch — raises :class:`CheckpointError` with a one-line message that names the
 file and says what to do.
 
@@ -49,12 +51,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -66,8 +66,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from .fsutil import FileSystemError, atomic_write, is_temp_name
+
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointCorrupted",
     "CheckpointError",
     "load_checkpoint",
     "load_weights",
@@ -86,6 +89,19 @@ PathLike = str | os.PathLike
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be written or read; the message says which file and what to do."""
+
+
+class CheckpointCorrupted(CheckpointError):
+    """The file is truncated, damaged or fails its checksums (not a mismatch with the model).
+
+    ``path`` is the file and ``detail`` what is wrong with it, so a caller can build its own
+    advice (``sstorch train`` does: a damaged ``last.safetensors`` cannot be resumed from).
+    """
+
+    def __init__(self, message: str, path: PathLike, detail: str):
+        super().__init__(message)
+        self.path = Path(path)
+        self.detail = detail
 
 
 # --------------------------------------------------------------------------- nested state ↔ JSON
@@ -194,7 +210,7 @@ def _siblings(path: Path) -> list[Path]:
     try:
         found = [
             p for p in path.parent.glob("*.safetensors")
-            if p.name != path.name and not p.name.startswith(".tmp-") and p.is_file()
+            if p.name != path.name and not is_temp_name(p.name) and p.is_file()
         ]
         return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     except OSError:
@@ -204,29 +220,15 @@ def _siblings(path: Path) -> list[Path]:
 def _fallback(path: Path) -> str:
     others = _siblings(path)
     if others:
-        return f"resume from {others[0]}"
-    return "resume from an earlier checkpoint or restart the run"
+        return f"load {others[0]} instead"
+    return "restore it from a copy"
 
 
-def _corrupted(path: PathLike, exc: BaseException) -> CheckpointError:
-    return CheckpointError(
-        f"cannot read checkpoint {path}: the file is truncated or corrupted ({_one_line(exc)}); "
-        f"delete it or {_fallback(Path(path))}"
-    )
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _corrupted(path: PathLike, exc: BaseException) -> CheckpointCorrupted:
+    detail = f"the file is truncated or corrupted ({_one_line(exc)})"
+    return CheckpointCorrupted(
+        f"cannot read checkpoint {path}: {detail}; delete it or {_fallback(Path(path))}",
+        path, detail)
 
 
 # --------------------------------------------------------------------------- RNG
@@ -368,32 +370,18 @@ def _digest(t: Tensor) -> str:
 
 
 def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write to ``.tmp-*`` beside ``path``, fsync, then ``os.replace`` onto ``path``."""
+    """Write through :func:`sstorch.fsutil.atomic_write` (temporary file beside ``path``,
+    fsync, ``os.replace``); every failure is a :class:`CheckpointError` naming ``path``."""
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-    except OSError as exc:
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except FileSystemError as exc:
+        raise CheckpointError(f"cannot save checkpoint {exc}; the previous file, if any, is "
+                              "unchanged") from exc
+    except Exception as exc:
         raise CheckpointError(
-            f"cannot save checkpoint {path}: cannot create a file in {path.parent} "
-            f"({_one_line(exc)}); check permissions and free space"
+            f"cannot save checkpoint {path} ({_one_line(exc)}); the previous file, if any, "
+            "is unchanged"
         ) from exc
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, Exception):
-            raise CheckpointError(
-                f"cannot save checkpoint {path} ({_one_line(exc)}); the previous file, if any, "
-                "is unchanged"
-            ) from exc
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- loading
@@ -435,11 +423,10 @@ def _read(path: PathLike, want: Callable[[str], bool]) -> tuple[dict[str, Any], 
         raise _corrupted(path, exc) from exc
     sums = doc.get("sha256") or {}  # absent in checkpoints written before checksums
     if bad := [k for k, t in tensors.items() if k in sums and _digest(t) != sums[k]]:
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the data of {len(bad)} tensor(s) "
-            f"({', '.join(bad[:_MAX_LISTED])}) does not match its SHA-256 checksum (a damaged "
-            f"disk, copy or download); delete it or {_fallback(p)}"
-        )
+        detail = (f"the data of {len(bad)} tensor(s) ({', '.join(bad[:_MAX_LISTED])}) does not "
+                  "match its SHA-256 checksum (a damaged disk, copy or download)")
+        raise CheckpointCorrupted(
+            f"cannot read checkpoint {path}: {detail}; delete it or {_fallback(p)}", path, detail)
     return doc, tensors
 
 

@@ -3,7 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import shlex
 import sys
+from pathlib import Path
+
+from .fsutil import DirectoryBusy, describe, expand_path
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the line telling the user how to continue."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def _compression(text: str) -> float:
+    """``--compression``: a finite number ≥ 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        raise argparse.ArgumentTypeError(
+            f"--compression must be a finite number ≥ 1 (dense/separable parameters per "
+            f"layer), got {text!r}")
+    return value
 
 
 def _cmd_bench(argv: list[str]) -> int:
@@ -23,7 +50,7 @@ def _cmd_summary(argv: list[str]) -> int:
         description="Separate a reference model's Linear layers and print the accounting.",
     )
     p.add_argument("--model", choices=["vgg16", "vit-tiny"], default="vgg16")
-    p.add_argument("--compression", type=float, default=None,
+    p.add_argument("--compression", type=_compression, default=None,
                    help="per-layer target compression (default: rank-1 factors)")
     args = p.parse_args(argv)
     if args.model == "vgg16":
@@ -57,13 +84,20 @@ def _cmd_train(argv: list[str]) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override config keys, e.g. --set epochs=3 optim.lr=0.05")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train afresh into a run directory that already holds a run, deleting "
+                   "that run's files first (default: refuse)")
     args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
 
     from .config import load_config
 
+    if args.config:
+        args.config = expand_path(args.config, "--config")
+    if args.resume:
+        args.resume = expand_path(args.resume, "--resume")
     if args.resume and not args.config:
-        from pathlib import Path
-
         cfg_path = Path(args.resume) / "config.yaml"
         if not cfg_path.is_file():
             raise ValueError(f"cannot resume: {cfg_path} not found; is {args.resume} a run "
@@ -72,7 +106,14 @@ def _cmd_train(argv: list[str]) -> int:
     cfg = load_config(args.config, args.set)
     from .train import train
 
-    train(cfg, resume=args.resume)
+    run_dir = Path(args.resume) if args.resume else Path(cfg.out_dir) / cfg.name
+    try:
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if (run_dir / "config.yaml").is_file():
+            raise Interrupted("interrupted; resume with: sstorch train --resume "
+                              f"{shlex.quote(str(run_dir))}") from None
+        raise Interrupted("interrupted before the run started; nothing was written") from None
     return 0
 
 
@@ -126,17 +167,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .train import TrainingDiverged
 
+    debug = bool(os.environ.get("SSTORCH_DEBUG"))
     try:
         return COMMANDS[cmd][0](rest)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as exc:
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        message = exc.message if isinstance(exc, Interrupted) else _INTERRUPTED.get(
+            cmd, "interrupted")
+        start = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
+        print(f"{start}sstorch {cmd}: {message}", file=sys.stderr)
+        return 130
+    except (ValueError, TrainingDiverged, DirectoryBusy) as exc:
         # Configuration, data, checkpoint and divergence errors carry an actionable message;
         # a traceback adds nothing for the user (set SSTORCH_DEBUG=1 to see it).
-        import os
-
-        if os.environ.get("SSTORCH_DEBUG"):
+        if debug:
             raise
-        print(f"sstorch {cmd}: error: {exc}", file=sys.stderr)
+        print(f"sstorch {cmd}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # File-system faults (read-only or full disk, a file where a directory should be, …)
+        # and our own FileNotFoundErrors: one line naming the path and what to do.
+        if debug:
+            raise
+        text = str(exc) if exc.errno is None and exc.filename is None else describe(exc)
+        print(f"sstorch {cmd}: error: {_one_line(text)}", file=sys.stderr)
+        return 1
+
+
+_INTERRUPTED = {
+    "eval": "interrupted; run the same command again to continue from its journal",
+    "sweep": "interrupted; run the same command again to continue",
+}
+
+
+def _one_line(text: str) -> str:
+    """Messages are one line (a dataset's list of missing files stays readable, joined)."""
+    return "; ".join(part.strip() for part in text.strip().splitlines() if part.strip())
 
 
 if __name__ == "__main__":

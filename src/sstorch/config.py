@@ -16,15 +16,59 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from .fsutil import expand_path
+
 __all__ = [
-    "AttackConfig", "Config", "ConfigError", "ConstraintConfig", "DataConfig", "DistillConfig",
+    "MAX_SEED",
+    "AttackConfig",
+    "Config",
+    "ConfigError",
+    "ConstraintConfig",
+    "DataConfig",
+    "DistillConfig",
     "EvalConfig",
-    "ModelConfig", "OptimConfig", "PruneConfig", "config_drift", "load_config",
+    "ModelConfig",
+    "OptimConfig",
+    "PruneConfig",
+    "config_drift",
+    "load_config",
+    "yaml_load",
 ]
+
+MAX_SEED = 2**32 - 1  # NumPy's seed range; torch takes it too
 
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the
+    last one silently, so a pasted line could override a setting unnoticed)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first != line:
+                raise ConfigError(f"duplicate key {key!r} at line {line} (first at line "
+                                  f"{first}); keep only one of them")
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str, source: str = "YAML") -> Any:
+    """``yaml.safe_load`` that rejects duplicate mapping keys (ConfigError naming ``source``)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
@@ -87,6 +131,13 @@ class ModelConfig:
     def validate(self) -> None:
         if self.rank < 1:
             raise ConfigError(f"model.rank must be ≥ 1, got {self.rank}")
+        for h in self.hidden:
+            dims = h if isinstance(h, list) else [h]
+            if not dims or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                   for v in dims):
+                raise ConfigError(f"model.hidden={self.hidden!r}: every hidden shape must be a "
+                                  f"size ≥ 1 or a non-empty list of sizes ≥ 1 (e.g. [[32, 32]]), "
+                                  f"got {h!r}")
         _choice(self.baseline, ("none", "lowrank", "tucker", "tt"), "model.baseline")
         if self.baseline != "none":
             if self.name != "mlp":
@@ -249,6 +300,9 @@ class EvalConfig:
     def validate(self) -> None:
         if self.pgd_steps < 1 or self.val_pgd_steps < 1 or self.pgd_restarts < 1:
             raise ConfigError("eval.pgd_steps, eval.val_pgd_steps, eval.pgd_restarts must be ≥ 1")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"eval.n must be ≥ 1 (test examples) or null for the whole test "
+                              f"set, got {self.n}")
 
 
 @dataclass
@@ -277,6 +331,17 @@ class Config:
     def validate(self) -> Config:
         if self.epochs < 1:
             raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in 0..{MAX_SEED} (2**32 - 1), got "
+                              f"{self.seed}")
+        for key, section, attr in (("data.root", self.data, "root"),
+                                   ("out_dir", self, "out_dir"), ("init_from", self, "init_from")):
+            value = getattr(section, attr)
+            if value is not None and str(value).strip():
+                try:
+                    setattr(section, attr, expand_path(value, key))
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from exc
         _choice(self.device, ("auto", "cpu", "cuda"), "device")
         _choice(self.amp_dtype, ("float16", "bfloat16"), "amp_dtype")
         for f in fields(self):
@@ -287,6 +352,12 @@ class Config:
         if (p.keep is not None or p.method != "magnitude") and m.separable:
             raise ConfigError("prune.keep and prune.method=hydra prune dense nn.Linear weights: "
                               "set model.separable=false (separable factors use prune.target)")
+        if p.enabled and p.end_epoch > self.epochs:
+            raise ConfigError(
+                f"the pruning window prune.start_epoch={p.start_epoch}..prune.end_epoch="
+                f"{p.end_epoch} ends after the last epoch (epochs={self.epochs}): the model would "
+                "never reach its pruning target and no best checkpoint would be kept; set "
+                f"prune.end_epoch ≤ {self.epochs} or raise epochs")
         if p.enabled and m.baseline != "none":
             raise ConfigError(f"pruning is for dense or separable models, not for "
                               f"model.baseline={m.baseline!r}")
@@ -370,7 +441,7 @@ def _set_dotted(tree: dict[str, Any], dotted: str) -> None:
         node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node[parts[-1]] = yaml_load(raw, f"override {key!r}") if raw.strip() else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -381,7 +452,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml_load(p.read_text(encoding="utf-8"), f"config file {str(p)!r}") or {}
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start}); is it a config file?") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
     for item in overrides or []:

@@ -34,9 +34,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision.transforms import v2
 
 __all__ = [
-    "CIFAR10", "CIFAR100", "DATASETS", "DATASET_INFO", "MNIST", "SVHN", "DatasetInfo",
-    "DatasetNotFoundError", "Digits", "FashionMNIST", "ImageNet", "RestrictedUnpickler",
-    "TensorImageDataset", "build_datasets", "canonical_name", "default_root", "eval_transform",
+    "CIFAR10", "CIFAR100", "DATASETS", "DATASET_INFO", "MNIST", "SVHN", "BadPickleError",
+    "DatasetInfo", "DatasetNotFoundError", "Digits", "FashionMNIST", "ImageNet",
+    "RestrictedUnpickler", "TensorImageDataset", "build_datasets", "canonical_name",
+    "default_root", "eval_transform",
     "get_dataset", "make_loader", "read_idx", "restricted_pickle_load", "split_indices",
     "train_transform",
 ]
@@ -231,6 +232,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+class BadPickleError(ValueError, pickle.UnpicklingError):
+    """A dataset pickle that cannot be loaded; the message names the file and what to do."""
+
+
 def restricted_pickle_load(path: str | os.PathLike) -> Any:
     """Load a pickle file with :class:`RestrictedUnpickler` (``encoding='bytes'``, as CIFAR's)."""
     with open(path, "rb") as f:
@@ -239,12 +244,19 @@ def restricted_pickle_load(path: str | os.PathLike) -> Any:
 
 def _read_cifar_batch(path: Path, label_key: str) -> tuple[Tensor, Tensor]:
     """One CIFAR pickle batch → ``uint8 (N, 3, 32, 32)`` images and ``int64 (N,)`` labels."""
+    redo = (f"delete it and download the dataset again (`{DOWNLOAD_FLAG}`, download=True in "
+            "Python)")
     try:
         batch = restricted_pickle_load(path)
-    except pickle.UnpicklingError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read CIFAR batch ({e})") from e
+    except pickle.UnpicklingError as e:
+        if "refusing to load" in str(e):  # RestrictedUnpickler: it asks to run code
+            raise BadPickleError(f"{path}: not a CIFAR batch: it asks to run code ({e}), so it "
+                                 f"was not loaded; {redo}") from e
+        raise BadPickleError(f"{path}: truncated or damaged CIFAR batch ({e}); {redo}") from e
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as e:
+        raise ValueError(f"{path}: truncated or damaged CIFAR batch ({type(e).__name__}: {e}); "
+                         f"{redo}") from e
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: CIFAR batch is a {type(batch).__name__}, expected a dict")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

@@ -37,11 +37,13 @@ import platform
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -51,6 +53,15 @@ from .baselines import LowRankLinear, TensorizedLinear, sparse_inference
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import Config, ConfigError, load_config
 from .constraints import layer_stats
+from .fsutil import (
+    FileSystemError,
+    append_line,
+    atomic_write_text,
+    expand_path,
+    fs_error,
+    lock_dir,
+    remove_stale_temps,
+)
 from .models import ImageClassifier, Normalize
 from .separable import SeparableLinear
 
@@ -183,33 +194,114 @@ def _predict(model: nn.Module, x: Tensor) -> Tensor:
     return model(x).argmax(1)
 
 
-def _journal_lines(path: Path, key: str) -> list[dict[str, Any]]:
-    """Records of ``path`` tagged ``key``, in order (other keys and a torn last line skipped)."""
+_BATCH_FIELDS = {"batch": int, "n": int, "clean": int, "robust": int, "clean_seconds": float,
+                 "hits": dict, "seconds": dict, "tried": dict}
+_PARTIAL_FIELDS = {"partial": int, "k": int, "attack": str, "n": int, "correct": str,
+                   "robust": str, "clean_seconds": float, "hits": dict, "seconds": dict,
+                   "tried": dict}
+
+
+def _journal_lines(path: Path, key: str, warn: Callable[[str], None] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Records of ``path`` tagged ``key``, in order.
+
+    Records of other keys are skipped silently; a damaged line (bad UTF-8, JSON cut by a kill,
+    not an object) is skipped and reported through ``warn`` naming the file, so its work is
+    simply redone.
+    """
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # the line being written when the process died
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise fs_error(exc, path) from exc
+    out, damaged = [], 0
+    for line in raw.split(b"\n"):
+        if not line.strip():
             continue
-        if isinstance(rec, dict) and rec.get("key") == key:
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            damaged += 1
+            continue
+        if not isinstance(rec, dict):
+            damaged += 1
+        elif rec.get("key") == key:
             out.append(rec)
+    if damaged and warn is not None:
+        warn(f"{path}: skipped {damaged} damaged line(s) (cut by a kill or not "
+             "written by sstorch); their work is done again")
     return out
 
 
+def _well_formed(rec: dict[str, Any], spec: dict[str, type], names: Sequence[str]) -> bool:
+    """``rec`` has every field of ``spec`` with its type, and per-attack dicts over ``names``."""
+    for field, typ in spec.items():
+        value = rec.get(field)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if typ is float
+              else isinstance(value, typ) and not isinstance(value, bool))
+        if not ok:
+            return False
+    per_attack = [rec[f] for f in ("hits", "seconds", "tried")]
+    done = names if "batch" in spec else names[:rec["k"] + 1]
+    return all(isinstance(d.get(a), (int, float)) for d in per_attack for a in done)
+
+
 def _append_journal(path: Path, rec: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it, so a finished piece survives a crash right after."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one JSON line and fsync it, so a finished piece survives a crash right after
+    (:func:`sstorch.fsutil.append_line`: on a line of its own; a failed append leaves nothing)."""
+    append_line(path, json.dumps(rec))
 
 
-def _read_journal(path: Path, key: str) -> dict[int, dict[str, Any]]:
-    """Finished batches recorded under ``key`` (other keys, phase lines and a torn last line are
-    ignored)."""
-    return {int(r["batch"]): r for r in _journal_lines(path, key) if "batch" in r}
+def _read_journal(path: Path, key: str, names: Sequence[str] = (),
+                  warn: Callable[[str], None] | None = None
+                  ) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """``({batch: finished batch record}, {batch: furthest per-attack record})`` under ``key``.
+
+    Phase lines, records of other keys and damaged lines are left out; a record that lacks a
+    field (or is for other attacks) counts as damaged and is reported through ``warn``.
+    """
+    done: dict[int, dict[str, Any]] = {}
+    partial: dict[int, dict[str, Any]] = {}
+    bad = 0
+    for r in _journal_lines(path, key, warn):
+        if "phase" in r:
+            continue
+        if "batch" in r:
+            if _well_formed(r, _BATCH_FIELDS, names):
+                done[r["batch"]] = r
+            else:
+                bad += 1
+        elif "partial" in r:
+            if (_well_formed(r, _PARTIAL_FIELDS, names) and 0 <= r["k"] < len(names)
+                    and names[r["k"]] == r["attack"]):
+                if r["k"] >= partial.get(r["partial"], {"k": -1})["k"]:
+                    partial[r["partial"]] = r
+            else:
+                bad += 1
+        else:
+            bad += 1
+    if bad and warn is not None:
+        warn(f"{path}: skipped {bad} record(s) with missing or wrong fields; their "
+             "work is done again")
+    return done, {b: r for b, r in partial.items() if b not in done}
+
+
+def _mask_hex(mask: Tensor) -> str:
+    """A bool vector as hex (bit-packed, big-endian within each byte)."""
+    return np.packbits(mask.cpu().numpy().astype(np.uint8)).tobytes().hex()
+
+
+def _hex_mask(text: str, n: int, device: torch.device) -> Tensor | None:
+    """Inverse of :func:`_mask_hex`; None if ``text`` does not hold ``n`` bits."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    if len(raw) != (n + 7) // 8:
+        return None
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:n].astype(bool)
+    return torch.from_numpy(bits.copy()).to(device)
 
 
 def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, Attack],
@@ -224,16 +316,21 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     after attacks 1..k (cumulative, in dict order); without it, on every clean-correct example
     (stand-alone accuracy). Each (attack, batch) call is seeded from ``(seed, batch, k)``.
 
-    With ``journal`` (a file path) each finished batch's counts are appended to it as one JSON
-    line tagged ``journal_key``; a later call with the same key skips the batches found there,
-    so an interrupted evaluation resumes where it stopped and, every batch being seeded on its
-    own, ends with the same numbers. ``journal_key`` must change whenever anything that
-    decides a batch's outcome changes (model, data, attacks, ε, seed, batch size).
+    With ``journal`` (a file path) the state of a batch is appended to it after each attack
+    (one JSON line tagged ``journal_key``: the clean-correct and still-robust masks and the
+    counts so far), and a finished batch's counts as one line; a later call with the same key
+    skips the batches found there and continues a batch after its last journalled attack, so
+    an interrupted evaluation loses at most one attack on one batch and, every (batch, attack)
+    pair being seeded on its own, ends with the same numbers. Damaged lines are skipped with a
+    warning (through ``log``, else ``warnings.warn``). ``journal_key`` must change whenever
+    anything that decides a batch's outcome changes (model, data, attacks, ε, seed, batch
+    size).
 
     Returns:
         ``{"n", "clean_acc", "clean_seconds", "robust_acc", "attacks": {name: {"acc",
-        "seconds", "n_attacked"}}, "resumed_batches", "resumed_seconds"}`` (the last two:
-        batches taken from the journal and the attack seconds they had cost).
+        "seconds", "n_attacked"}}, "resumed_batches", "resumed_attacks", "resumed_seconds"}``
+        (the last three: batches taken from the journal, attacks of unfinished batches taken
+        from it, and the seconds they had cost).
     """
     device = _device_of(model, device)
     names = list(attacks)
@@ -243,10 +340,20 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     n = n_clean = n_robust = 0
     clean_secs = 0.0
     resumed_secs = 0.0
+    resumed_attacks = 0
     jpath = Path(journal) if journal is not None else None
-    done = _read_journal(jpath, journal_key) if jpath is not None else {}
-    if done and log is not None:
-        log(f"resuming the attacks after {len(done)} finished batches ({jpath})")
+    def warn(msg: str) -> None:
+        if log is not None:
+            log(f"warning: {msg}")
+        else:
+            warnings.warn(msg, stacklevel=4)
+
+    done, partial = (_read_journal(jpath, journal_key, names, warn) if jpath is not None
+                     else ({}, {}))
+    if (done or partial) and log is not None:
+        more = (f" and {sum(r['k'] + 1 for r in partial.values())} attack(s) of "
+                f"{len(partial)} unfinished batch(es)" if partial else "")
+        log(f"resuming the attacks after {len(done)} finished batches{more} ({jpath})")
     bar = tqdm(total=len(loader.dataset), unit="img", desc="attacks", disable=not progress,
                leave=False, dynamic_ncols=True, file=sys.stderr)
     with _frozen(model), bar:
@@ -263,14 +370,32 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
                     tried[name] += rec["tried"][name]
                 bar.update(rec["n"])
                 continue
-            before = (dict(hits), dict(secs), dict(tried), clean_secs)
             x, y = x.to(device), y.to(device)
-            t0 = time.perf_counter()
-            correct = _predict(model, x) == y
-            _sync(device)
-            clean_secs += time.perf_counter() - t0
-            robust = correct.clone()
-            for k, name in enumerate(names):
+            # this batch's counts: hits, seconds, tried per attack, clean seconds
+            b_hits, b_secs, b_tried = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0), \
+                dict.fromkeys(names, 0)
+            first = 0
+            rec = partial.get(b)
+            correct = robust = None
+            if rec is not None and rec["n"] == y.numel():
+                correct = _hex_mask(rec["correct"], y.numel(), device)
+                robust = _hex_mask(rec["robust"], y.numel(), device)
+            if correct is not None and robust is not None:
+                b_clean_secs = float(rec["clean_seconds"])
+                first = rec["k"] + 1
+                for name in names[:first]:
+                    b_hits[name], b_secs[name] = int(rec["hits"][name]), rec["seconds"][name]
+                    b_tried[name] = int(rec["tried"][name])
+                resumed_attacks += first
+                resumed_secs += b_clean_secs + sum(b_secs.values())
+            else:
+                t0 = time.perf_counter()
+                correct = _predict(model, x) == y
+                _sync(device)
+                b_clean_secs = time.perf_counter() - t0
+                robust = correct.clone()
+            for k in range(first, len(names)):
+                name = names[k]
                 idx = (robust if fast else correct).nonzero().squeeze(1)
                 if idx.numel():
                     t0 = time.perf_counter()
@@ -278,25 +403,36 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
                         xa = attacks[name](model, x[idx], y[idx])
                     ok = _predict(model, xa) == y[idx]
                     _sync(device)
-                    secs[name] += time.perf_counter() - t0
+                    b_secs[name] += time.perf_counter() - t0
                     _check_adv(name, xa, x[idx], eps)
-                    tried[name] += idx.numel()
+                    b_tried[name] += idx.numel()
                     robust[idx] &= ok
                     if not fast:
-                        hits[name] += int(ok.sum())
+                        b_hits[name] += int(ok.sum())
                 if fast:  # survivors of attacks 1..k
-                    hits[name] += int(robust.sum())
+                    b_hits[name] += int(robust.sum())
+                if jpath is not None and k < len(names) - 1:  # the last: the batch line
+                    _append_journal(jpath, {
+                        "key": journal_key, "partial": b, "k": k, "attack": name,
+                        "n": y.numel(), "correct": _mask_hex(correct),
+                        "robust": _mask_hex(robust), "clean_seconds": b_clean_secs,
+                        "hits": {a: b_hits[a] for a in names[:k + 1]},
+                        "seconds": {a: b_secs[a] for a in names[:k + 1]},
+                        "tried": {a: b_tried[a] for a in names[:k + 1]}})
             n += y.numel()
             n_clean += int(correct.sum())
             n_robust += int(robust.sum())
+            clean_secs += b_clean_secs
+            for a in names:
+                hits[a] += b_hits[a]
+                secs[a] += b_secs[a]
+                tried[a] += b_tried[a]
             if jpath is not None:
-                rec = {"key": journal_key, "batch": b, "n": y.numel(),
-                       "clean": int(correct.sum()), "robust": int(robust.sum()),
-                       "clean_seconds": clean_secs - before[3],
-                       "hits": {a: hits[a] - before[0][a] for a in names},
-                       "seconds": {a: secs[a] - before[1][a] for a in names},
-                       "tried": {a: tried[a] - before[2][a] for a in names}}
-                _append_journal(jpath, rec)
+                _append_journal(jpath, {
+                    "key": journal_key, "batch": b, "n": y.numel(),
+                    "clean": int(correct.sum()), "robust": int(robust.sum()),
+                    "clean_seconds": b_clean_secs, "hits": b_hits, "seconds": b_secs,
+                    "tried": b_tried})
             bar.update(y.numel())
             bar.set_postfix(clean=f"{n_clean / n:.3f}", robust=f"{n_robust / n:.3f}")
     n_div = max(n, 1)
@@ -305,7 +441,8 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
         "robust_acc": n_robust / n_div,
         "attacks": {a: {"acc": hits[a] / n_div, "seconds": secs[a], "n_attacked": tried[a]}
                     for a in names},
-        "resumed_batches": len(done), "resumed_seconds": resumed_secs,
+        "resumed_batches": len(done), "resumed_attacks": resumed_attacks,
+        "resumed_seconds": resumed_secs,
     }
 
 
@@ -755,7 +892,6 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
     arguments per attack name, e.g. ``{"pgd": {"steps": 50, "restarts": 3}}``.
     """
     from .data import DATASET_INFO, build_datasets, canonical_name
-    from .summary import summary
 
     names = parse_attacks(attacks)
     if eps is not None:
@@ -791,12 +927,38 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         raise ValueError(f"attack_kwargs names attacks not in the list {names}: {sorted(unknown)}")
     objs = {a: _make_attack(a, eps, seed, **kw.get(a, {})) for a in names if a != "clean"}
     out_dir = Path(out) if out is not None else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # An interrupted evaluation resumes from here, batch by batch, as long as nothing that
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileSystemError(None, f"{out_dir}: exists and is not a directory — give a "
+                              "directory for --out (eval.json and eval.md go into it)", out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fs_error(exc, out_dir) from exc
+    with lock_dir(out_dir, "sstorch eval"):
+        remove_stale_temps(out_dir)
+        return _evaluate_into(out_dir, cfg, model, ckpt, run_dir, loader, ds, names, objs, kw,
+                              eps, sweep_eps, bs, seed, fast, dev, sanity_n, square_n,
+                              square_queries, log)
+
+
+def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run_dir: Path,
+                   loader: DataLoader, ds: Dataset, names: list[str], objs: dict[str, Attack],
+                   kw: dict[str, dict[str, Any]], eps: float, sweep_eps: list[float] | None,
+                   bs: int, seed: int, fast: bool, dev: torch.device, sanity_n: int,
+                   square_n: int, square_queries: int,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """The body of :func:`evaluate_run` once ``out_dir`` is locked."""
+    from .summary import summary
+
+    # An interrupted evaluation resumes from here, attack by attack, as long as nothing that
     # decides a batch's outcome changed (the key); eval.json replaces the journal at the end.
     journal = out_dir / "eval.journal.jsonl"
+    try:
+        ckpt_digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise fs_error(exc, ckpt) from exc
     key = hashlib.sha256(json.dumps({
-        "checkpoint": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
+        "checkpoint": ckpt_digest,
         "dataset": cfg.data.name, "n": len(ds), "batch_size": bs, "attacks": names,
         "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type,
         "code": _LOADED_DIGEST}, sort_keys=True, default=str).encode()).hexdigest()
@@ -848,6 +1010,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "compression": s.compression, "kappa": math.prod(kappas) if kappas else None,
         "clean_acc": res["clean_acc"], "attacks": table, "robust_acc": res["robust_acc"],
         "fast_path": fast, "resumed_batches": res["resumed_batches"],
+        "resumed_attacks": res["resumed_attacks"],
         "resumed_seconds": res["resumed_seconds"],
         "eps_sweep": sweep, "eps_sweep_seconds": sweep_secs,
         "sanity": check_dicts, "sanity_seconds": sanity_secs,
@@ -856,11 +1019,10 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
         "machine": machine_description(dev), "code": code_version(),
     }
     result = _json_safe(result)
-    tmp = out_dir / "eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "eval.json")
+    atomic_write_text(out_dir / "eval.json",
+                      json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "eval.md", render_markdown(result))
     journal.unlink(missing_ok=True)
-    (out_dir / "eval.md").write_text(render_markdown(result), encoding="utf-8")
     log(f"clean {result['clean_acc']:.4f}, robust {result['robust_acc']:.4f} (ε={eps:g}); "
         f"sanity {sum(c.passed for c in checks)}/{len(checks)} passed; "
         f"results in {out_dir / 'eval.json'} and eval.md")
@@ -947,9 +1109,11 @@ def main_eval(argv: list[str]) -> int:
                    help="run every attack on every clean-correct image (stand-alone accuracies)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the run's)")
     args = p.parse_args(argv)
-    evaluate_run(args.target, attacks=args.attacks, eps=args.eps, eps_sweep=args.eps_sweep,
-                 n=args.n, batch_size=args.batch_size, seed=args.seed, out=args.out,
-                 device=args.device, sanity_n=args.sanity_n, square_n=args.square_n,
+    out = None if args.out is None else expand_path(args.out, "--out")
+    root = None if args.data_root is None else expand_path(args.data_root, "--data-root")
+    evaluate_run(expand_path(args.target, "RUN_DIR"), attacks=args.attacks, eps=args.eps,
+                 eps_sweep=args.eps_sweep, n=args.n, batch_size=args.batch_size, seed=args.seed,
+                 out=out, device=args.device, sanity_n=args.sanity_n, square_n=args.square_n,
                  square_queries=args.square_queries,
-                 fast=not args.no_fast_path, data_root=args.data_root)
+                 fast=not args.no_fast_path, data_root=root)
     return 0

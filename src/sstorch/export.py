@@ -51,7 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .packing import PackReport, pack_sparse, temp_beside
+from .fsutil import atomic_write_text, expand_path, fs_errors, temp_beside
+from .packing import PackReport, pack_sparse
 from .separable import SeparableLinear
 from .summary import summary
 
@@ -168,6 +169,14 @@ def _check_opset(opset: int) -> int:
         raise ExportError(f"opset {opset!r} is not supported; choose {SUPPORTED_OPSETS.start}–"
                           f"{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
     return opset
+
+
+def _check_tolerance(tolerance: float) -> float:
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+            or not math.isfinite(tolerance) or tolerance < 0):
+        raise ExportError(f"tolerance must be a finite number ≥ 0 (max |onnxruntime − PyTorch| "
+                          f"on the logits), got {tolerance!r}; e.g. --tolerance {PARITY_TOL:g}")
+    return float(tolerance)
 
 
 def _check_out(out: str | os.PathLike) -> Path:
@@ -333,6 +342,7 @@ def export_onnx(
         FileNotFoundError: no such run/checkpoint, or a checkpoint without a config.
     """
     _check_opset(opset)
+    _check_tolerance(tolerance)
     if out is None and isinstance(target, nn.Module):
         raise ExportError("out is required when exporting a model object")
     if out is not None:
@@ -356,7 +366,7 @@ def export_onnx(
         p.requires_grad_(False)
 
     largest, factor, dense = _structure(model)
-    with temp_beside(out) as tmp:
+    with fs_errors(out), temp_beside(out) as tmp:
         with _quiet():
             torch.onnx.export(
                 model, (images[:2],), str(tmp), dynamo=False, opset_version=opset,
@@ -408,7 +418,7 @@ def _quantize(model: nn.Module, fp32: Path, images: Tensor, labels: Tensor, eps:
     from .attack_registry import make_attack
 
     dest = _sibling(fp32, ".int8.onnx")
-    with temp_beside(dest) as tmp:
+    with fs_errors(dest), temp_beside(dest) as tmp:
         with _quiet():
             quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
         os.replace(tmp, dest)
@@ -433,9 +443,7 @@ def _first(*values: Any) -> Any:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with temp_beside(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def export_sparse(target: str | os.PathLike | nn.Module, out: str | os.PathLike | None = None
@@ -488,6 +496,12 @@ def main_export(argv: list[str]) -> int:
                    help="PGD steps for the int8 check (default: the run's eval.pgd_steps)")
     p.add_argument("--data-root", default=None, help="dataset root (default: the run's)")
     args = p.parse_args(argv)
+    _check_tolerance(args.tolerance)
+    args.target = expand_path(args.target, "RUN_DIR")
+    if args.out is not None:
+        args.out = expand_path(args.out, "--out")
+    if args.data_root is not None:
+        args.data_root = expand_path(args.data_root, "--data-root")
     if args.format == "safetensors-sparse":
         report, summary_bytes = export_sparse(args.target, args.out)
         print(f"wrote {report.path} ({report.file_bytes:,} bytes = parameters "

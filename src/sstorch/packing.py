@@ -27,12 +27,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from .fsutil import atomic_write, temp_beside
 from .separable import SeparableLinear
 from .summary import sparse_tensor_bytes
 
@@ -128,27 +126,12 @@ def packed_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, str], i
     return out, encoding, param_bytes, buffer_bytes
 
 
-@contextlib.contextmanager
-def temp_beside(path: Path) -> Iterator[Path]:
-    """A temporary file next to ``path`` (same file system, so ``os.replace`` is atomic), with
-    the permissions of a new file; removed on exit unless it was renamed onto ``path``."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp's 0600 would survive the rename
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def pack_sparse(model: nn.Module, path: str | os.PathLike) -> PackReport:
     """Write ``model``'s weights to ``path`` in the sparse packing; atomic (temp + rename).
 
     Raises:
         FileNotFoundError: ``path``'s directory does not exist.
+        sstorch.fsutil.FileSystemError: the file cannot be written (read-only, disk full).
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -161,9 +144,8 @@ def pack_sparse(model: nn.Module, path: str | os.PathLike) -> PackReport:
     meta = {_META_KEY: json.dumps({"format_version": FORMAT_VERSION, "encoding": encoding,
                                    "shapes": shapes, "masked": masked,
                                    "masked_linear": _pruned_linears(model)})}
-    with temp_beside(path) as tmp:
-        tmp.write_bytes(save(tensors, metadata=meta))
-        os.replace(tmp, path)
+    data = save(tensors, metadata=meta)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
     file_bytes = path.stat().st_size
     kinds = list(encoding.values())
     return PackReport(str(path), file_bytes, param_bytes, buffer_bytes,

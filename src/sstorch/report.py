@@ -39,6 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
+from .fsutil import FileSystemError, atomic_write, atomic_write_text, expand_path, fs_errors
+
 __all__ = ["Run", "load_run", "main_report", "pareto_front", "render_markdown", "write_report"]
 
 DASH = "—"
@@ -443,7 +445,7 @@ def _log_axis(ax: Axes, which: str, values: Sequence[float], minor_labels: bool)
 
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format=path.suffix[1:]))
 
 
 def plot_robust_vs_eps(runs: Sequence[Run], path: Path) -> str:
@@ -620,11 +622,15 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     paths = [Path(p) for p in run_dirs]
     runs = [load_run(p, lab) for p, lab in zip(paths, _labels(paths), strict=True)]
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths[0])
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise FileSystemError(None, f"{out}: exists and is not a directory — give a directory "
+                              "for --out (report.md and the plots go into it)", out)
+    with fs_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     plotters = (plot_robust_vs_eps, plot_accuracy_vs_params, plot_training_curves, plot_kappa)
     notes = {name: fn(runs, out / name) for name, fn in zip(PLOTS, plotters, strict=True)}
     report = out / "report.md"
-    report.write_text(render_markdown(runs, out, notes))
+    atomic_write_text(report, render_markdown(runs, out, notes))
     return report
 
 
@@ -640,6 +646,7 @@ def main_report(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output directory (default: reports/ beside the first run's parent)")
     args = p.parse_args(argv)
-    report = write_report(args.run_dirs, args.out)
+    report = write_report([expand_path(d, "RUN_DIR") for d in args.run_dirs],
+                          None if args.out is None else expand_path(args.out, "--out"))
     print(f"report: {report} (+ {len(PLOTS)} plots in {report.parent}/)")
     return 0

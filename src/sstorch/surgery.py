@@ -275,8 +275,9 @@ def separate(
         raise ValueError(f"init must be 'random' or 'from_dense', got {init!r}")
     if compression is not None and max_params is not None:
         raise ValueError("give compression or max_params, not both")
-    if compression is not None and compression < 1:
-        raise ValueError(f"compression must be ≥ 1 (a ratio dense/separable), got {compression}")
+    if compression is not None and not (math.isfinite(compression) and compression >= 1):
+        raise ValueError(f"compression must be a finite number ≥ 1 (a ratio dense/separable), "
+                         f"got {compression}")
     include = [include] if isinstance(include, str) else list(include)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}

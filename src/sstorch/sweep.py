@@ -53,7 +53,8 @@ from typing import Any
 
 import yaml
 
-from .config import drift_text
+from .config import drift_text, yaml_load
+from .fsutil import atomic_write_text, expand_path
 
 __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job", "write_report"]
 
@@ -190,7 +191,10 @@ def load_manifest(directory: str | os.PathLike) -> Manifest:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; a sweep directory holds sweep.yaml and one "
                                 "<method>.yaml per row (see configs/paper-fmnist/)")
-    tree = yaml.safe_load(path.read_text()) or {}
+    try:
+        tree = yaml_load(path.read_text(encoding="utf-8"), str(path)) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     known = {"out_dir", "csv", "details_csv", "training_csv", "figures", "markdown", "reference",
              "eval", "rows", "claims", "records"}
     if unknown := set(tree) - known:
@@ -348,7 +352,10 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
                          "move that directory away (or run with --move-stale) to retrain it")
     if not job.trained:
         cfg = load_config(job.config, job_overrides(job))
-        resume = job.run_dir if (job.run_dir / "last.safetensors").is_file() else None
+        # a run with a config.yaml was started: resume it (from epoch 1 when it was stopped
+        # before its first checkpoint; train refuses a fresh run into a started directory)
+        started = any((job.run_dir / f).is_file() for f in ("last.safetensors", "config.yaml"))
+        resume = job.run_dir if started else None
         log(f"== train {job.method} seed {job.seed}{' (resumed)' if resume else ''}")
         train(cfg, resume=resume, log=log)
     if not job.evaluated:
@@ -364,9 +371,7 @@ def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
                   "eval_seconds": time.perf_counter() - t0 + result.get("resumed_seconds", 0.0),
                   "robust_acc": result["robust_acc"],
                   "log10_kappa_fc": log10_kappa_fc(job.run_dir), "kappa_rule": KAPPA_RULE}
-        tmp = job.run_dir / "sweep.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, job.run_dir / "sweep.json")
+        atomic_write_text(job.run_dir / "sweep.json", json.dumps(record, indent=2) + "\n")
 
 
 def fc_matrices(model: Any) -> list[tuple[str, Any]]:
@@ -415,15 +420,20 @@ def evaluation_progress(run_dir: Path) -> tuple[int, int] | None:
     """(batches, images) an unfinished evaluation of ``run_dir`` has journalled under its most
     recent key (``eval.journal.jsonl``, see :func:`sstorch.evaluate.evaluate_attacks`), or None
     without a journal. Lines of older keys (another checkpoint or evaluation code: a resumed
-    evaluation would redo them) and a torn last line are not counted."""
+    evaluation would redo them), damaged lines and the per-attack lines of unfinished batches
+    are not counted."""
     path = run_dir / "eval.journal.jsonl"
     if not path.is_file():
         return None
     recs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    for line in raw.split(b"\n"):
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
         if isinstance(rec, dict) and {"key", "batch", "n"} <= rec.keys():
             recs.append(rec)
@@ -1050,6 +1060,7 @@ def main_sweep(argv: list[str]) -> int:
                    help="rename runs trained with another config than their row's now to "
                    "<run>.stale-<time> (nothing is deleted) and retrain them")
     args = p.parse_args(argv)
+    args.directory = expand_path(args.directory, "DIR")
     m = load_manifest(args.directory)
     only = None
     if args.only:

@@ -11,11 +11,16 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m sstorch train ...`` runs Distributed
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fnmatch
+import io
 import json
 import math
 import os
 import random
+import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -43,22 +48,52 @@ from .baselines import (
     linear_layers,
     prune_linear_,
 )
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (
+    CheckpointCorrupted,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    read_metadata,
+    save_checkpoint,
+)
 from .config import Config, ConfigError, PruneConfig
 from .constraints import FactorRegularizer, layer_stats, prune_factors
 from .data import DATASET_INFO, build_datasets, canonical_name
 from .distill import distill_loss, load_teacher
 from .evaluate import code_version, machine_description
+from .fsutil import (
+    LOCK_NAME,
+    atomic_write,
+    atomic_write_text,
+    fs_errors,
+    is_temp_name,
+    lock_dir,
+    remove_stale_temps,
+)
 from .models import build_model
 from .separable import SeparableLinear
 from .summary import summary
 from .surgery import load_dense_
 
-__all__ = ["TrainingDiverged", "evaluate", "train"]
+__all__ = ["RunDirError", "TrainingDiverged", "evaluate", "train"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be trained into as asked (it holds another run, or its run
+    cannot be resumed); the message says what to do."""
+
+
+# What `sstorch train` and the commands after it write into a run directory: --overwrite
+# deletes these (and temporary files), never anything else.
+_RUN_FILES = ("config.yaml", "metrics.csv", "tb", "*.safetensors", "summary.json", "eval.json",
+              "eval.md", "eval.journal.jsonl", "sweep.json", "*.onnx", "*.export.json")
+# Entries that do not make a directory hold a run: the locks of train / eval and of the sweep,
+# and the sweep's note of a failed attempt.
+_NOT_A_RUN = frozenset({LOCK_NAME, ".lock", "sweep-error.txt"})
 
 
 @dataclass
@@ -221,50 +256,60 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     return out
 
 
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of ``metrics.csv`` (none if absent); rows without a readable epoch
+    (a line cut by a kill in a file written before writes were atomic) are dropped."""
+    if not path.exists():
+        return [], []
+    with fs_errors(path), path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header, rows = list(reader.fieldnames or []), list(reader)
+
+    def epoch_ok(r: dict[str, str]) -> bool:
+        try:
+            return int(r.get("epoch") or "") >= 1
+        except ValueError:
+            return False
+
+    return header, [r for r in rows if epoch_ok(r)]
+
+
+def _write_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, header)
+    w.writeheader()
+    w.writerows(rows)
+    text = buf.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
+
+
 def _write_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    if not new:
-        with path.open() as f:
-            header = next(csv.reader(f), [])
-        if header != list(row):  # columns changed (e.g. resume with new layers): rewrite
-            with path.open() as f:
-                old = list(csv.DictReader(f))
-            keys = list(dict.fromkeys(header + list(row)))
-            with path.open("w", newline="") as f:
-                w = csv.DictWriter(f, keys)
-                w.writeheader()
-                w.writerows([*old, row])
-            return
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    """Add ``row`` to ``metrics.csv``: the whole file is rewritten atomically (it is small), so
+    a kill never leaves half a row. New columns (e.g. resume with new layers) are appended."""
+    header, rows = _read_rows(path)
+    _write_rows(path, list(dict.fromkeys(header + list(row))), [*rows, row])
 
 
 def _truncate_csv(path: Path, first_epoch: int) -> None:
     """Drop rows of epochs ≥ ``first_epoch`` (written before a crash, not in the checkpoint)."""
     if not path.exists():
         return
-    with path.open() as f:
-        reader = csv.DictReader(f)
-        header, rows = reader.fieldnames or [], list(reader)
+    header, rows = _read_rows(path)
     keep = [r for r in rows if int(r["epoch"]) < first_epoch]
-    if len(keep) != len(rows):
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            w = csv.DictWriter(f, header)
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, path)
+    if len(keep) != len(rows) or not header:
+        _write_rows(path, header or ["epoch"], keep)
 
 
-def _tensorboard(run_dir: Path):
+def _tensorboard(run_dir: Path, first_epoch: int):
+    """A TensorBoard writer for ``run_dir/tb`` (None without tensorboard); events of epochs
+    ≥ ``first_epoch`` left by an interrupted run are purged."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(run_dir / "tb"))
+    purge = first_epoch if first_epoch > 1 else None
+    with fs_errors(run_dir / "tb"):
+        return SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
 
 def _subset(ds, n: int | None):
@@ -305,6 +350,9 @@ def _init_from(model: nn.Module, target: str) -> str:
                 f"; {n} ← nearest Kronecker sum (relative error {e:.3f})"
                 for n, e in errors.items())
         load_checkpoint(ckpt, model, restore_rng=False, strict=True)
+    except CheckpointCorrupted as exc:
+        raise ConfigError(f"init_from={target!r}: {exc.path} is damaged: {exc.detail}; restore "
+                          "it from a copy or start from another checkpoint") from exc
     except (CheckpointError, ValueError) as exc:
         raise ConfigError(f"init_from={target!r}: its weights do not fit this model (the model "
                           f"section must match the run it comes from): {exc}") from exc
@@ -333,21 +381,152 @@ def _final_keep(model: nn.Module, p: PruneConfig) -> int:
                else total - math.floor(p.target * total + 1e-9))
 
 
+def _run_entries(run_dir: Path) -> list[str]:
+    """What ``run_dir`` holds besides locks, the sweep's error note and temporary files."""
+    with fs_errors(run_dir):
+        return sorted(e for e in os.listdir(run_dir)
+                      if e not in _NOT_A_RUN and not is_temp_name(e))
+
+
+def _listed(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _check_fresh(run_dir: Path, overwrite: bool) -> list[str]:
+    """The entries ``--overwrite`` will delete; RunDirError if ``run_dir`` holds a run and
+    ``overwrite`` is off, or holds files that `sstorch train` does not write."""
+    entries = _run_entries(run_dir)
+    if entries and not overwrite:
+        raise RunDirError(
+            f"{run_dir} already holds a run ({_listed(entries)}); continue it with `sstorch "
+            f"train --resume {shlex.quote(str(run_dir))}`, replace it with --overwrite (deletes "
+            "its files first), or choose another run name (--set name=...)")
+    unknown = [e for e in entries
+               if not any(fnmatch.fnmatchcase(e, pattern) for pattern in _RUN_FILES)]
+    if unknown:
+        raise RunDirError(
+            f"--overwrite: {run_dir} holds files `sstorch train` does not write "
+            f"({_listed(unknown)}); move them away or choose another run directory; nothing "
+            "was deleted")
+    return entries
+
+
+def _delete(run_dir: Path, names: list[str]) -> None:
+    """Delete ``names`` in ``run_dir`` (config.yaml last, so an interrupted delete still
+    reads as a run)."""
+    for name in sorted(names, key=lambda n: n == "config.yaml"):
+        path = run_dir / name
+        with fs_errors(path):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _restart_hint(run_dir: Path) -> str:
+    """How to train ``run_dir`` again from epoch 1, and how to start a new run from its best
+    weights (when it has them): commands that work as printed."""
+    q = shlex.quote
+    place = f"out_dir={q(str(run_dir.parent))} name={q(run_dir.name)}"
+    hint = (f"start it again from epoch 1: sstorch train --config "
+            f"{q(str(run_dir / 'config.yaml'))} --set {place} --overwrite")
+    best = run_dir / "best.safetensors"
+    if best.is_file():
+        hint += (f"; or start a new run from its best weights: sstorch train --config "
+                 f"{q(str(run_dir / 'config.yaml'))} --set out_dir={q(str(run_dir.parent))} "
+                 f"name={q(run_dir.name + '-2')} init_from={q(str(best))}")
+    return hint
+
+
+def _check_restartable(run_dir: Path) -> None:
+    """``--resume`` without ``last.safetensors``: fine (epoch 1 again) when the run was killed
+    before its first checkpoint; RunDirError when it got further (its checkpoint is lost)."""
+    last = run_dir / "last.safetensors"
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"cannot resume: {last} does not exist; pass the run directory of an "
+                          "earlier `sstorch train`")
+    reason = None
+    if (run_dir / "summary.json").is_file():
+        reason = "it has a summary.json: the run had finished"
+    elif (run_dir / "best.safetensors").is_file():
+        try:
+            epoch = read_metadata(run_dir / "best.safetensors").get("epoch")
+        except CheckpointError:
+            epoch = None
+        if epoch != 1:
+            reason = f"its best.safetensors is from epoch {epoch}"
+    if reason is not None:
+        raise RunDirError(f"cannot resume: {last} does not exist but the run got past its "
+                          f"first epoch ({reason}); {_restart_hint(run_dir)}")
+
+
+def _check_constraints(cfg: Config) -> None:
+    c, m = cfg.constraints, cfg.model
+    if not m.separable and m.baseline == "none" and (c.lambda_sparsity > 0
+                                                      or c.lambda_cond > 0):
+        raise ConfigError(
+            f"model.separable=false has no separable factors for the constraints to act on: "
+            f"set constraints.lambda_sparsity=0 and constraints.lambda_cond=0 (got "
+            f"{c.lambda_sparsity:g} and {c.lambda_cond:g})")
+
+
 def train(cfg: Config, resume: str | Path | None = None, log=print,
+          overwrite: bool = False,
           on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
     """Train (or resume) a run; returns its directory. See the module docstring.
 
     ``on_epoch(epoch, row)`` is called on the main process after each epoch's checkpoint is
     written, with that epoch's ``metrics.csv`` row; an exception it raises stops the run there
     (a hyperparameter search prunes a hopeless trial this way; ``--resume`` continues it).
+
+    The run directory is locked for the whole call (:func:`sstorch.fsutil.lock_dir`, released
+    by the operating system if the process dies) and temporary files of interrupted writes are
+    removed. A fresh run refuses a directory that already holds a run unless ``overwrite``,
+    which deletes that run's files once the new run's data and model are ready. With
+    ``resume`` nothing in the directory changes until the config has been checked against
+    ``last.safetensors``; a run killed before its first checkpoint starts again at epoch 1.
+
+    Raises:
+        RunDirError: the directory holds another run, or its run cannot be resumed.
+        sstorch.fsutil.DirectoryBusy: another process trains or evaluates in the directory.
+        CheckpointError: ``last.safetensors`` is damaged or does not fit the config.
     """
+    if resume is not None and overwrite:
+        raise RunDirError("--resume continues a run and --overwrite replaces it; give one")
+    _check_constraints(cfg)
+    with contextlib.ExitStack() as stack:
+        return _train(cfg, resume, log, overwrite, stack, on_epoch)
+
+
+def _train(cfg: Config, resume: str | Path | None, log, overwrite: bool,
+           stack: contextlib.ExitStack,
+           on_epoch: Callable[[int, dict[str, Any]], None] | None = None) -> Path:
     d = _setup_distributed(cfg.device)
     device = _device(cfg.device, d)
     _seed_everything(cfg.seed + d.rank, cfg.deterministic)
     run_dir = Path(resume) if resume is not None else Path(cfg.out_dir) / cfg.name
-    if resume is not None and not (run_dir / "last.safetensors").is_file():
-        raise CheckpointError(f"cannot resume: {run_dir / 'last.safetensors'} does not exist; "
-                              "pass the run directory of an earlier `sstorch train`")
+    if resume is not None and not run_dir.is_dir():
+        raise RunDirError(f"cannot resume: {run_dir} is not a directory; pass the run directory "
+                          "of an earlier `sstorch train`")
+    locked = False
+    to_delete: list[str] = []
+
+    def lock() -> None:
+        nonlocal locked, to_delete
+        stack.enter_context(lock_dir(run_dir, "sstorch train"))
+        locked = True
+        if removed := remove_stale_temps(run_dir):
+            log(f"removed {len(removed)} temporary file(s) of interrupted writes in {run_dir}: "
+                f"{_listed([p.name for p in removed])}")
+        if resume is None:
+            to_delete = _check_fresh(run_dir, overwrite)
+
+    if d.main and run_dir.is_dir():  # check the directory before the (slow) data loading
+        lock()
+    last = run_dir / "last.safetensors"
+    restart = resume is not None and not last.is_file()  # killed before its first checkpoint
+    if restart:
+        _check_restartable(run_dir)
     train_ds, val_ds, test_ds = build_datasets(
         cfg.data.name, root=cfg.data.root, val_size=cfg.data.val_size, seed=cfg.seed,
         augment=cfg.data.augment, download=cfg.data.download)
@@ -357,15 +536,12 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
     model.to(device)
     init_note = ""
-    if cfg.init_from is not None and resume is None:
+    if cfg.init_from is not None and (resume is None or restart):
         init_note = "; " + _init_from(model, cfg.init_from)
     teacher = None
     if cfg.distill.teacher is not None:
         teacher = load_teacher(cfg.distill.teacher, device, info.num_classes, info.image_shape)
         init_note += f"; distilled ({cfg.distill.method}) from {cfg.distill.teacher}"
-    if d.main:  # data and model are valid: only now create the run directory
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if d.world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if device.type == "cuda" else None)
@@ -390,12 +566,35 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
         core.to(memory_format=torch.channels_last)
 
     start_epoch, best = 1, -1.0
-    if resume is not None:
-        extra = load_checkpoint(run_dir / "last.safetensors", core, opt, sched)
+    if resume is not None and not restart:
+        # the new config against the checkpoint, before anything in run_dir changes
+        try:
+            extra = load_checkpoint(last, core, opt, sched)
+        except CheckpointCorrupted as exc:
+            raise CheckpointError(f"cannot resume {run_dir}: {exc.path} is damaged: "
+                                  f"{exc.detail}; {_restart_hint(run_dir)}") from exc
+        except CheckpointError as exc:
+            raise CheckpointError(f"cannot resume {run_dir} with this config (nothing there was "
+                                  f"changed): {exc}") from exc
         start_epoch, best = int(extra["epoch"]) + 1, float(extra.get("best", -1.0))
-        if d.main:
-            _truncate_csv(run_dir / "metrics.csv", start_epoch)
-        if d.main:
+    if d.main:  # data, model and checkpoint are valid: only now touch the run directory
+        if not locked:
+            with fs_errors(run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+            lock()
+        if to_delete:
+            _delete(run_dir, to_delete)
+            log(f"--overwrite: deleted the previous run's files in {run_dir} "
+                f"({_listed(to_delete)})")
+        if restart:  # what the killed first attempt wrote before its first checkpoint
+            _delete(run_dir, [n for n in ("metrics.csv", "tb", "best.safetensors")
+                              if (run_dir / n).exists()])
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        _truncate_csv(run_dir / "metrics.csv", start_epoch)
+        if restart:
+            log(f"no checkpoint in {run_dir} yet (stopped during epoch 1): starting it again "
+                "from epoch 1")
+        elif resume is not None:
             log(f"resumed {run_dir} at epoch {start_epoch}")
     hydra = None  # HYDRA: scores learn in epochs start..end_epoch (weights frozen), then fine-tune
     if cfg.prune.method == "hydra":
@@ -409,7 +608,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
                   if val_ds is not None and len(val_ds) > 0 else None)
     val_attack = (PGD(cfg.attack.eps, cfg.attack.step_size, cfg.eval.val_pgd_steps)
                   if cfg.attack.eps > 0 else None)
-    writer = _tensorboard(run_dir) if d.main else None
+    writer = _tensorboard(run_dir, start_epoch) if d.main else None
     if d.main:
         s = summary(core)
         m = cfg.model
@@ -556,10 +755,12 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
             "code": code_version(),
             "layers": [st.__dict__ for st in layer_stats(core)],
         }
-        (run_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
+        atomic_write_text(run_dir / "summary.json", json.dumps(result, indent=2, default=str))
         log(f"test: clean {test['clean_acc']:.4f}, PGD-{cfg.eval.pgd_steps} (ε={cfg.attack.eps}) "
             f"{test.get('robust_acc', float('nan')):.4f} on {test['n']} images")
-        log(f"results in {run_dir}/ (summary.json, metrics.csv, best.safetensors)")
+        files = [f for f in ("summary.json", "metrics.csv", "best.safetensors", "last.safetensors")
+                 if (run_dir / f).is_file()]
+        log(f"results in {run_dir}/ ({', '.join(files)})")
     if writer is not None:
         writer.close()
     if d.world > 1:
