@@ -59,7 +59,9 @@ def test_bookkeeping(standard) -> None:
     assert torch.equal(result.fooled_by >= 0, broken)
     for i in range(len(result.attacks)):
         drop = accs[i] - accs[i + 1]
-        assert (result.fooled_by == i).float().mean().item() == pytest.approx(drop)
+        # accuracies are float32 means: compare at a tolerance far below one example (1/n)
+        n = len(result.fooled_by)
+        assert (result.fooled_by == i).float().mean().item() == pytest.approx(drop, abs=0.1 / n)
     # x_adv: valid, fools the model exactly where not robust, the input elsewhere
     assert (result.x_adv - x).abs().max().item() <= EPS + 1e-6
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
