@@ -37,7 +37,6 @@ import math
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +54,9 @@ from sstorch.packing import pack_sparse
 from sstorch.separable import SeparableLinear
 from sstorch.summary import summary
 from sstorch.sweep import load_manifest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from deploy import time_sessions
 
 COLUMNS = ["method", "family", "seeds", "autoattack_acc", "nnz", "params", "bytes_packed",
            "bytes_fp32", "onnx_bytes", "b1_ms_median", "b1_ms_p95"]
@@ -100,22 +102,6 @@ def structured_model(config: Path, nnz: int, seed: int = 0) -> torch.nn.Module:
             weights = sum(layer.weight.numel() for _, layer in linear_layers(model))
             prune_linear_(model, keep=max(1, nnz - (summary(model).total_nnz - weights)))
     return model.eval()
-
-
-def time_b1(sessions: dict[str, object], x: np.ndarray, rounds: int, per_round: int,
-            warmup: int) -> dict[str, list[float]]:
-    """Seconds per batch-1 ``run`` of each session, round-robin so load drift hits all alike."""
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for sess in sessions.values():
-        for _ in range(warmup):
-            sess.run(None, {"images": x})
-    for _ in range(rounds):
-        for name, sess in sessions.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                sess.run(None, {"images": x})
-                times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def pareto_front(xs: list[float], ys: list[float]) -> list[int]:
@@ -195,7 +181,7 @@ def measure(points: list[Point], configs: Path, args: argparse.Namespace) -> Non
             print(f"{p.method}: nnz {p.nnz:,}, packed {p.bytes_packed:,} B, onnx "
                   f"{p.onnx_bytes:,} B", file=sys.stderr)
         x = images[:1].numpy()
-        times = time_b1(sessions, x, args.rounds, args.per_round, args.warmup)
+        times = time_sessions(sessions, x, args.rounds, args.per_round, args.warmup)
     for p in points:
         p.b1_ms_median = statistics.median(times[p.method]) * 1e3
         p.b1_ms_p95 = float(np.percentile(times[p.method], 95)) * 1e3

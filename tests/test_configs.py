@@ -304,19 +304,27 @@ def test_paper_row_sizes_match_the_issue() -> None:
     assert 0.9 <= (prune.prune.keep + biases) / small <= 1.1
 
 
-@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
-def test_paper_config_trains(path: Path, tmp_path: Path) -> None:
+def train_small(path: Path, tmp_path: Path) -> dict:
+    """Train the config at ``path`` shrunk (:func:`shrink_overrides`) on its stand-in data;
+    a row that starts from the trained dense MLP gets a shrunk one of its directory, and the
+    whole pruning ramp fits the one epoch. Returns the run's ``summary.json``."""
     cfg = load_config(path)
     data_root = tmp_path / "data"
     WRITERS[cfg.data.name](data_root)
     overrides = shrink_overrides(cfg, data_root, tmp_path / "runs")
-    if cfg.init_from is not None:  # the pruning baseline starts from a trained dense run
-        dense = load_config(PAPER_DIR / "dense-mlp.yaml", overrides)
+    if cfg.init_from is not None:  # the pruning baselines start from a trained dense run
+        dense = load_config(path.parent / "dense-mlp.yaml", overrides)
         overrides.append(f"init_from={train(dense, log=lambda *a: None)}")
     if cfg.prune.target > 0 or cfg.prune.keep is not None:
         overrides += ["prune.start_epoch=1", "prune.end_epoch=1"]
     run_dir = train(load_config(path, overrides), log=lambda *a: None)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=[p.stem for p in PAPER_CONFIGS])
+def test_paper_config_trains(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(path)
+    summary = train_small(path, tmp_path)
     if cfg.model.name == "mlp":  # shrink_overrides narrows VGG-16, never the MLPs
         assert summary["params"] == _paper_params(path.stem)
     assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
@@ -462,16 +470,7 @@ def test_cifar_row_sizes_match_the_issue() -> None:
 @pytest.mark.parametrize("path", CIFAR_CONFIGS, ids=[p.stem for p in CIFAR_CONFIGS])
 def test_cifar_config_trains(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path)
-    data_root = tmp_path / "data"
-    WRITERS[cfg.data.name](data_root)
-    overrides = shrink_overrides(cfg, data_root, tmp_path / "runs")
-    if cfg.init_from is not None:  # the pruning baselines start from a trained dense run
-        dense = load_config(CIFAR_DIR / "dense-mlp.yaml", overrides)
-        overrides.append(f"init_from={train(dense, log=lambda *a: None)}")
-    if cfg.prune.keep is not None:  # the whole pruning ramp inside the one epoch
-        overrides += ["prune.start_epoch=1", "prune.end_epoch=1"]
-    run_dir = train(load_config(path, overrides), log=lambda *a: None)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = train_small(path, tmp_path)
     assert summary["dataset"] == "cifar10"
     assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
     if cfg.prune.keep is not None:
