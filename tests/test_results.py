@@ -1,6 +1,7 @@
-"""The committed Fashion-MNIST results are what the committed sweep regenerates (issue 5's bar:
-every number in docs/results.md's table and claims appears in results/fashion_mnist.csv and
-comes from ``sstorch sweep configs/paper-fmnist/``).
+"""The committed results are what the committed sweeps regenerate (issue 5's bar: every number
+in docs/results.md's table and claims appears in results/fashion_mnist.csv and comes from
+``sstorch sweep configs/paper-fmnist/``; the same for CIFAR-10, docs/results-cifar10.md and
+``configs/paper-cifar10/``).
 
 ``--report-only`` is run in a scratch directory on copies of the manifest, the run records and
 the run directories the checkout has; the CSVs and the generated sections of docs/results.md
@@ -21,14 +22,20 @@ from sstorch.cli import main
 from sstorch.sweep import load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
-SWEEP = ROOT / "configs" / "paper-fmnist"
+SWEEPS = [ROOT / "configs" / "paper-fmnist", ROOT / "configs" / "paper-cifar10"]
+
+
+@pytest.fixture(params=SWEEPS, ids=[p.name for p in SWEEPS])
+def sweep(request: pytest.FixtureRequest) -> Path:
+    return request.param
 
 
 @pytest.fixture()
-def regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, object]:
-    m = load_manifest(SWEEP)
+def regenerated(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                ) -> tuple[Path, object]:
+    m = load_manifest(sweep)
     assert m.records is not None and m.markdown is not None and m.training_csv is not None
-    shutil.copytree(SWEEP, tmp_path / "configs" / "paper-fmnist")
+    shutil.copytree(sweep, tmp_path / "configs" / sweep.name)
     shutil.copytree(ROOT / m.records, tmp_path / m.records)
     (tmp_path / m.markdown).parent.mkdir(parents=True)
     shutil.copy(ROOT / m.markdown, tmp_path / m.markdown)
@@ -39,7 +46,7 @@ def regenerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, 
             if d.is_dir():
                 os.symlink(d, tmp_path / m.out_dir / d.name)
     monkeypatch.chdir(tmp_path)
-    assert main(["sweep", "configs/paper-fmnist", "--report-only"]) == 0
+    assert main(["sweep", f"configs/{sweep.name}", "--report-only"]) == 0
     return tmp_path, m
 
 
@@ -51,15 +58,15 @@ def test_committed_csvs_and_tables_are_what_the_sweep_regenerates(regenerated) -
     tmp, m = regenerated
     for path in (m.csv, m.details_csv, m.training_csv):
         assert (tmp / path).read_text() == (ROOT / path).read_text(), (
-            f"{path} differs from what `sstorch sweep configs/paper-fmnist/ --report-only` "
+            f"{path} differs from what `sstorch sweep configs/<sweep>/ --report-only` "
             "writes from the committed records; regenerate it with that command")
     ours, committed = (_sections((p / m.markdown).read_text()) for p in (tmp, ROOT))
     assert set(committed) >= {"table", "claims"}
     assert ours == committed
 
 
-def test_every_table_accuracy_is_in_the_csv() -> None:
-    m = load_manifest(SWEEP)
+def test_every_table_accuracy_is_in_the_csv(sweep: Path) -> None:
+    m = load_manifest(sweep)
     with open(ROOT / m.csv, newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows, f"{m.csv} is empty"
