@@ -273,9 +273,13 @@ def test_nan_arguments_are_refused_before_any_image_is_made() -> None:
 
 
 def test_boundary_arguments_are_valid() -> None:
-    PGD(1.0, 1.0, steps=1, restarts=1)
-    FGSM(0.0)
-    FGSM(1.0)
+    pgd = PGD(1.0, 1.0, steps=1, restarts=1)
+    assert (pgd.eps, pgd.step_size, pgd.steps, pgd.restarts) == (1.0, 1.0, 1, 1)
+    x, y = torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    assert torch.equal(FGSM(0.0)(net, x, y), x)  # ε = 0: the input itself
+    adv = FGSM(1.0)(net, x, y)
+    assert adv.min() >= 0 and adv.max() <= 1 and not torch.equal(adv, x)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -458,4 +458,7 @@ def test_checkpoints_without_checksums_still_load(tmp_path):
     doc = json.loads(meta["sstorch"])
     del doc["sha256"]  # as written by sstorch before checksums
     save_file(tensors, str(path), metadata={**meta, "sstorch": json.dumps(doc)})
-    load_checkpoint(path, Net())
+    loaded = Net()
+    load_checkpoint(path, loaded)
+    for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -328,7 +328,12 @@ def test_unknown_choice_lists_choices(item: str, key: str, choices: list[str]) -
     "optim.weight_decay=0", "constraints.lambda_cond=0", "model.compression=1",
 ])
 def test_boundary_values_are_valid(item: str) -> None:
-    load_config(None, [item])
+    key, value = item.split("=")
+    cfg = load_config(None, [item])
+    got = cfg
+    for part in key.split("."):
+        got = getattr(got, part)
+    assert str(got) == value or float(got) == float(value), (key, got)
 
 
 def test_validation_applies_to_yaml_too(tmp_path: Path) -> None:
