@@ -130,11 +130,55 @@ class Param(NamedTuple):
         raise SystemExit(f"--sampler grid enumerates int and cat specs; {self.key} is "
                          f"{self.kind}:{self.low:g}:{self.high:g} (use tpe or random)")
 
+    def value(self, text: str) -> str | int | float:
+        """``text`` as the value Optuna stores for this parameter (SystemExit if outside)."""
+        try:
+            if self.kind == "cat":
+                if text not in self.choices:
+                    raise ValueError(f"not one of {'|'.join(self.choices)}")
+                return text
+            v: int | float = int(text) if self.kind == "int" else float(text)
+        except ValueError as exc:
+            raise SystemExit(f"--enqueue {self.key}={text}: {exc}") from None
+        if not self.low <= v <= self.high:
+            raise SystemExit(f"--enqueue {self.key}={text}: outside {self.spec()}")
+        return v
+
     def spec(self) -> str:
         """The ``--space`` text that gives this parameter."""
         if self.kind == "cat":
             return f"{self.key}=cat:{'|'.join(self.choices)}"
         return f"{self.key}={self.kind}:{self.low:g}:{self.high:g}"
+
+
+def parse_enqueue(items: list[str], params: list[Param]) -> list[dict[str, str | int | float]]:
+    """``["a=1;b=[[2,2]]"]`` → Optuna parameter dicts, one per item: designs to train first
+    (e.g. the experiment's current row). Every searched key must be given, each inside its
+    ``--space`` spec; ``;`` separates keys because values may hold commas."""
+    by_key = {q.key: q for q in params}
+    out = []
+    for item in items:
+        pairs = [t.partition("=") for t in item.split(";") if t.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise SystemExit(f"--enqueue {item!r}: expected KEY=VALUE;KEY=VALUE;...")
+        given = {k.strip(): v.strip() for k, _, v in pairs}
+        if unknown := set(given) - set(by_key):
+            raise SystemExit(f"--enqueue {item!r}: {sorted(unknown)} not in --space")
+        if missing := set(by_key) - set(given):
+            raise SystemExit(f"--enqueue {item!r}: give every searched key; missing "
+                             f"{sorted(missing)}")
+        out.append({k: by_key[k].value(v) for k, v in given.items()})
+    return out
+
+
+def enqueue(study, designs: list[dict[str, str | int | float]]) -> int:
+    """Queue each design the study has not tried or queued yet; returns how many were new."""
+    seen = [t.params for t in study.get_trials(deepcopy=False)] + [
+        t.system_attrs.get("fixed_params", {}) for t in study.get_trials(deepcopy=False)]
+    new = [d for d in designs if d not in seen]
+    for d in new:
+        study.enqueue_trial(d)
+    return len(new)
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -827,6 +871,8 @@ def run_space(args: argparse.Namespace, search: Search, sampler_kind: str,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             requeue_interrupted(optuna, study)
+        if n := enqueue(study, parse_enqueue(args.enqueue, search.params)):
+            print(f"queued {n} design(s) from --enqueue", flush=True)
         # a resumed search draws new points: its seed moves on with the trials so far
         seed = args.seed if sampler_kind == "grid" else args.seed + len(study.trials)
         study.sampler = make_sampler(optuna, sampler_kind, search.params, seed,
@@ -868,6 +914,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-nnz", type=int, default=None, metavar="N",
                    help="reject, untrained, points whose model has more than N nonzero "
                    "parameters (adds an nnz column)")
+    p.add_argument("--enqueue", action="append", default=[], metavar="KEY=V;KEY=V",
+                   help="a design to train first in a --space search (every searched key, "
+                   "';'-separated), e.g. the experiment's current row; repeatable, queued once")
     p.add_argument("--plot", default=None, metavar="PATH.png",
                    help="plot the search: accuracy per trial and the running best, and "
                    "against nnz")
@@ -907,6 +956,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_nnz is not None and args.max_nnz < 1:
         raise SystemExit(f"--max-nnz must be ≥ 1, got {args.max_nnz}")
     searching = bool(space) or args.sampler in ("tpe", "random")
+    if args.enqueue and not space:
+        raise SystemExit("--enqueue queues designs of a --space search; a grid trains every "
+                         "point anyway")
     sampler_kind = args.sampler or ("tpe" if searching else "grid")
     params = [Param(k, "cat", choices=tuple(v)) for k, v in grid] + space
     if searching:

@@ -363,3 +363,29 @@ def test_without_optuna_a_search_says_how_to_install_it(tmp_path, monkeypatch):
     # rebuilding a grid's CSV does not need it
     assert tune.main([str(base), "--grid", "optim.lr=0.1", "--out", str(out), "--csv",
                       str(table), "--report-only"]) == 0
+
+
+def test_enqueued_designs_train_first_and_only_once(tmp_path, capsys):
+    """``--enqueue`` puts a known design (e.g. the experiment's row) at the head of a search;
+    a continued search does not queue it again; a bad design is refused with its key."""
+    base, out, table = tiny_config(tmp_path)
+    args = [str(base), "--space", "optim.lr=log:0.003:0.03", "--space", "model.rank=int:1:2",
+            "--enqueue", "optim.lr=0.01;model.rank=2", "--out", str(out), "--csv", str(table)]
+    assert tune.main([*args, "--trials", "1"]) == 0
+    out_text = capsys.readouterr().out
+    assert "queued 1 design(s)" in out_text
+    rows = rows_of(table)
+    assert [r["trial"] for r in rows] == ["0"] and rows[0]["point"] == "lr=0.01,rank=2"
+    assert tune.main([*args, "--trials", "2"]) == 0
+    out_text = capsys.readouterr().out
+    assert "design(s) from --enqueue" not in out_text and out_text.count("== trial") == 1
+    assert next(r["point"] for r in rows_of(table)) == "lr=0.01,rank=2"
+    for bad, why in [("optim.lr=0.5;model.rank=1", "outside"),
+                     ("optim.lr=0.01", "missing"), ("optim.lr=0.01;model.rank=1;x=1", "not in"),
+                     ("optim.lr", "KEY=VALUE")]:
+        with pytest.raises(SystemExit, match=why):
+            tune.main([*args[:5], "--enqueue", bad, "--out", str(tmp_path / "o2"),
+                       "--csv", str(tmp_path / "t2.csv"), "--trials", "1"])
+    with pytest.raises(SystemExit, match="--enqueue queues designs of a --space search"):
+        tune.main([str(base), "--grid", "optim.lr=0.01", "--enqueue", "optim.lr=0.01",
+                   "--out", str(out), "--csv", str(table)])
