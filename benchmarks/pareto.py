@@ -49,6 +49,7 @@ from sstorch.config import load_config
 from sstorch.constraints import prune_factors
 from sstorch.data import DATASET_INFO, canonical_name
 from sstorch.export import export_onnx, onnx_session
+from sstorch.fsutil import atomic_write
 from sstorch.models import build_model
 from sstorch.packing import pack_sparse
 from sstorch.separable import SeparableLinear
@@ -153,14 +154,16 @@ def plot(points: list[Point], path: Path, title: str) -> None:
 
 def write_csv(path: Path, points: list[Point]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for p in points:
-            w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v)
-                        for k, v in asdict(p).items()})
-    tmp.replace(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+            w.writeheader()
+            for p in points:
+                w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v)
+                            for k, v in asdict(p).items()})
+
+    atomic_write(path, write)
 
 
 def measure(points: list[Point], configs: Path, args: argparse.Namespace) -> None:

@@ -54,7 +54,7 @@ from typing import Any
 import yaml
 
 from .config import drift_text, yaml_load
-from .fsutil import atomic_write_text, expand_path
+from .fsutil import atomic_write, atomic_write_text, expand_path
 
 __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job", "write_report"]
 
@@ -155,9 +155,7 @@ def _save_record(m: Manifest, job: Job, row: dict[str, Any], details: dict[str, 
            "row": row, "details": details, "training": training,
            "origin": f"run directory {job.run_dir}"}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(rec, indent=1, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -523,9 +521,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             refs[job.method] = _reference_params(m, job.method)
         if sw.get("kappa_rule") != KAPPA_RULE:  # written by an older sstorch: redo it once
             sw["log10_kappa_fc"], sw["kappa_rule"] = log10_kappa_fc(job.run_dir), KAPPA_RULE
-            tmp = job.run_dir / "sweep.json.tmp"
-            tmp.write_text(json.dumps(sw, indent=2) + "\n")
-            os.replace(tmp, job.run_dir / "sweep.json")
+            atomic_write_text(job.run_dir / "sweep.json", json.dumps(sw, indent=2) + "\n")
         attacks = ev["attacks"]
         pgd_key = "pgd"
         rows.append({
@@ -578,13 +574,15 @@ def collect_training(m: Manifest) -> list[dict[str, Any]]:
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore",
-                           lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore",
+                               lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def _fmean(values: Any) -> float:
