@@ -1,7 +1,7 @@
 """What ships: ONNX file size and onnxruntime CPU latency, dense vs separable, side by side.
 
 For each model (configs/paper-fmnist/<name>.yaml, Fashion-MNIST) the whole classifier is
-exported with ``sstorch.export.export_onnx`` (parity-checked on real test images when the
+exported with ``sstorch.export.onnx.export_onnx`` (parity-checked on real test images when the
 dataset is installed) and timed with onnxruntime on the CPU:
 
 * batch 1: latency of one ``session.run`` — median and p95 over ``--runs-b1`` calls;
@@ -39,11 +39,11 @@ import numpy as np
 import onnxruntime
 import torch
 
-from sstorch.bench import BUSY_OTHERS, cpu_seconds, machine_info, update_section
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, DatasetNotFoundError
-from sstorch.evaluate import load_run
-from sstorch.export import ExportReport, dataset_images, export_onnx, onnx_session
+from sstorch.eval.run import load_run
+from sstorch.experiments.bench import BUSY_OTHERS, cpu_seconds, machine_info, update_section
+from sstorch.export.onnx import ExportReport, dataset_images, export_onnx, onnx_session
 from sstorch.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,7 @@ def render(results: list[Measured], machine: dict[str, str], args: argparse.Name
     lines += [
         "",
         "`sparse pack` is `sstorch export --format safetensors-sparse` (bitmask + values for a "
-        "pruned factor when smaller, see `sstorch.packing`); for unpruned weights it is the "
+        "pruned factor when smaller, see `sstorch.export.sparse`); for unpruned weights it is the "
         "dense fp32 parameters plus a header.",
     ]
     return "\n".join(lines)

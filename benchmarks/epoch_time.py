@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sstorch.config import load_config
-from sstorch.train import train
+from sstorch.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,10 +4,11 @@ An attack step is a forward and a backward pass w.r.t. the input images (PGD, AP
 batch of images, with the model frozen as `sstorch eval` freezes it. This is what the sweep's
 evaluation seconds are made of. Three kinds of model are timed twice, without and with the
 cost-only change evaluation makes: pruned models (dense kernels on the masked weights; the CSR
-weights of `sstorch.baselines.sparse_inference`), the Tucker baseline (tensorly-torch's forward
+weights of `sstorch.layers.baselines.sparse_inference`), the Tucker baseline (tensorly-torch's
+forward
 that rebuilds W at every call; sstorch's factor-by-factor contraction) and the VGG-16 models
 (convolution kernels in the standard layout; the channels-last layout of
-`sstorch.evaluate.channels_last_inference`). Weights are freshly initialised (timing does not
+`sstorch.eval.run.channels_last_inference`). Weights are freshly initialised (timing does not
 depend on them; the pruned model keeps the configured number of weights by global magnitude).
 Round-robin timing, so load changes hit every model alike; ratios are to `dense-mlp` in the same
 run.
@@ -30,13 +31,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sstorch.baselines import TensorizedLinear, prune_linear_
-from sstorch.bench import cpu_seconds, machine_info, time_interleaved
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, canonical_name
-from sstorch.evaluate import _frozen
+from sstorch.eval.run import _frozen
+from sstorch.experiments.bench import cpu_seconds, machine_info, time_interleaved
+from sstorch.layers.baselines import TensorizedLinear, prune_linear_
 from sstorch.models import build_model
-from sstorch.summary import summary
+from sstorch.structure.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = ROOT / "configs" / "paper-fmnist"

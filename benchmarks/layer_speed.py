@@ -1,6 +1,7 @@
 """Regenerate ``docs/benchmarks.md``: SeparableLinear vs dense and tensorly-torch layers.
 
-Thin wrapper around :func:`sstorch.bench.main_layer_bench` (also ``sstorch bench``); all its
+Thin wrapper around :func:`sstorch.experiments.bench.main_layer_bench` (also ``sstorch bench``);
+all its
 options apply, e.g. a quick run::
 
     python benchmarks/layer_speed.py --batch-scale 0.25 --repeats 5 --out-md /tmp/quick.md
@@ -14,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from sstorch.bench import main_layer_bench
+from sstorch.experiments.bench import main_layer_bench
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

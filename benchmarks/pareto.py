@@ -4,9 +4,9 @@ For every evaluated row of a sweep (``configs/<sweep>/sweep.yaml`` and its resul
 puts the row's mean AutoAttack accuracy next to three costs of its model, measured side by side
 in one run:
 
-* **nnz**: nonzero parameters, as ``sstorch.summary`` counts them (the sweep CSV's mean);
+* **nnz**: nonzero parameters, as ``sstorch.structure.summary`` counts them (the sweep CSV's mean);
 * **bytes on disk**: the file a device would store — the model's weights packed by
-  ``sstorch.packing.pack_sparse`` (a pruned tensor as a bitmask plus its nonzero values, every
+  ``sstorch.export.sparse.pack_sparse`` (a pruned tensor as a bitmask plus its nonzero values, every
   other tensor dense float32; buffers included), i.e. the real serialized size with the
   indices that pruning needs;
 * **latency**: onnxruntime CPU batch-1 latency of the exported ONNX graph (median and p95 over
@@ -16,7 +16,7 @@ in one run:
 
 Size and latency do not depend on trained values, so each model is built from its row's config
 and given the row's structure: a pruned dense MLP keeps the row's mean number of weights
-(``sstorch.baselines.prune_linear_`` on random weights: the same bitmask and value counts as
+(``sstorch.layers.baselines.prune_linear_`` on random weights: the same bitmask and value counts as
 the trained pattern), separable factors their ``prune.target``. Accuracy comes from the sweep's
 results only (the test set is never read here).
 
@@ -44,17 +44,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sstorch.baselines import linear_layers, prune_linear_
 from sstorch.config import load_config
-from sstorch.constraints import prune_factors
 from sstorch.data import DATASET_INFO, canonical_name
-from sstorch.export import export_onnx, onnx_session
-from sstorch.fsutil import atomic_write
+from sstorch.experiments.sweep import load_manifest
+from sstorch.export.onnx import export_onnx, onnx_session
+from sstorch.export.sparse import pack_sparse
+from sstorch.io.fsutil import atomic_write
+from sstorch.layers.baselines import linear_layers, prune_linear_
+from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.packing import pack_sparse
-from sstorch.separable import SeparableLinear
-from sstorch.summary import summary
-from sstorch.sweep import load_manifest
+from sstorch.structure.constraints import prune_factors
+from sstorch.structure.summary import summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from deploy import time_sessions

@@ -452,8 +452,8 @@ def count_nnz(cfg) -> int:
 
     from sstorch.data import DATASET_INFO, canonical_name
     from sstorch.models import build_model
-    from sstorch.summary import summary
-    from sstorch.train import _prune
+    from sstorch.structure.summary import summary
+    from sstorch.training.loop import _prune
 
     info = DATASET_INFO[canonical_name(cfg.data.name)]
     with torch.random.fork_rng(devices=[]):
@@ -977,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from sstorch.train import TrainingDiverged, train
+    from sstorch.training.loop import TrainingDiverged, train
 
     def device_of(cfg) -> str:
         return torch.cuda.get_device_name() if torch.cuda.is_available() \

@@ -7,8 +7,15 @@ import torch
 from torch import Tensor, nn
 
 from digits_models import accuracy, fgsm_trained, held_out, undefended
-from sstorch.apgd import APGD, APGDTargeted, checkpoints, dlr_loss, dlr_targeted_loss, margin
-from sstorch.attacks import PGD
+from sstorch.attacks.apgd import (
+    APGD,
+    APGDTargeted,
+    checkpoints,
+    dlr_loss,
+    dlr_targeted_loss,
+    margin,
+)
+from sstorch.attacks.pgd import PGD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

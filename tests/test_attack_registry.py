@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from digits_models import accuracy, held_out, undefended
-from sstorch.attack_registry import ATTACKS, SeededAttack, make_attack
-from sstorch.attacks import PGD
-from sstorch.autoattack import AutoAttack
+from sstorch.attacks.autoattack import AutoAttack
+from sstorch.attacks.pgd import PGD
+from sstorch.attacks.registry import ATTACKS, SeededAttack, make_attack
 
 EPS = 0.1
-MODULES = {"fab-t": "sstorch.fab", "square": "sstorch.square"}
+MODULES = {"fab-t": "sstorch.attacks.fab", "square": "sstorch.attacks.square"}
 FAST = {"apgd-ce": {"n_iter": 10}, "apgd-t": {"n_iter": 10, "n_target_classes": 2},
         "fab-t": {"n_iter": 10, "n_target_classes": 2}, "square": {"n_queries": 200},
         "autoattack": {"attacks": ["apgd-ce", "apgd-t"]}}

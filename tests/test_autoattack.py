@@ -13,10 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from digits_models import fgsm_trained, held_out, undefended
-from sstorch import autoattack
-from sstorch.apgd import APGD
-from sstorch.attack_registry import make_attack
-from sstorch.autoattack import STANDARD, AutoAttack, AutoAttackResult
+from sstorch.attacks.apgd import APGD
+from sstorch.attacks.autoattack import STANDARD, AutoAttack, AutoAttackResult
+from sstorch.attacks.pgd import autoattack
+from sstorch.attacks.registry import make_attack
 
 EPS = 0.15
 HAVE = {name: importlib.util.find_spec(f"sstorch.{name}") is not None for name in ("fab", "square")}

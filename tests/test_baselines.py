@@ -1,4 +1,5 @@
-"""Baselines at a matched parameter budget (:mod:`sstorch.baselines`): low-rank and tensorly-torch
+"""Baselines at a matched parameter budget (:mod:`sstorch.layers.baselines`): low-rank and
+tensorly-torch
 layers, dense magnitude pruning with persistent masks, ``init_from`` and their config checks.
 
 Layers are checked on small shapes; parameter counts on the real Fashion-MNIST MLP (no data
@@ -19,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sstorch.baselines import (
+from sstorch.config import ConfigError, load_config
+from sstorch.data import DATASET_INFO
+from sstorch.eval.run import _frozen, lipschitz_bound, load_run
+from sstorch.functional.kronecker import kron
+from sstorch.io.checkpoint import load_checkpoint, save_checkpoint
+from sstorch.layers.baselines import (
     Hydra,
     LowRankLinear,
     TensorizedLinear,
@@ -29,14 +35,9 @@ from sstorch.baselines import (
     remove_linear_masks_,
     sparse_inference,
 )
-from sstorch.checkpoint import load_checkpoint, save_checkpoint
-from sstorch.config import ConfigError, load_config
-from sstorch.data import DATASET_INFO
-from sstorch.evaluate import _frozen, lipschitz_bound, load_run
-from sstorch.kronecker import kron
 from sstorch.models import build_model
-from sstorch.summary import summary
-from sstorch.train import _init_from, train
+from sstorch.structure.summary import summary
+from sstorch.training.loop import _init_from, train
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 needs_tltorch = pytest.mark.skipif(importlib.util.find_spec("tltorch") is None,
@@ -594,7 +595,7 @@ def test_a_separable_model_starts_from_a_dense_run_by_nearest_kronecker(tmp_path
                                                                           rank):
     """Compress-then-fine-tune: each separable layer gets the best rank-R Kronecker sum of the
     dense weight (Van Loan–Pitsianis + SVD), biases and everything else copied."""
-    from sstorch.kronecker import nearest_kronecker
+    from sstorch.functional.kronecker import nearest_kronecker
 
     sets = _digits(tmp_path, f"sep{rank}", model__separable="true", model__rank=rank)
     cfg = load_config(None, sets)

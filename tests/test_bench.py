@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sstorch.bench import markdown_sections, update_section
+from sstorch.experiments.bench import markdown_sections, update_section
 
 ROOT = Path(__file__).resolve().parents[1]
 

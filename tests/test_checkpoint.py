@@ -1,4 +1,4 @@
-"""Tests for :mod:`sstorch.checkpoint`: exact resumption, atomic writes, clear load errors."""
+"""Tests for :mod:`sstorch.io.checkpoint`: exact resumption, atomic writes, clear load errors."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sstorch import SeparableLinear
-from sstorch import checkpoint as ckpt
-from sstorch.checkpoint import (
+from sstorch.io import checkpoint as ckpt
+from sstorch.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_weights,

@@ -19,7 +19,7 @@ import pytest
 
 from sstorch.cli import main
 from sstorch.config import load_config
-from sstorch.train import train
+from sstorch.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -290,7 +290,7 @@ def test_non_finite_floats_rejected(item: str) -> None:
 
 
 def test_eps_above_one_rejected_at_load() -> None:
-    # Attacks work in the [0, 1] pixel box and refuse eps > 1 (sstorch.attacks._check): a config
+    # Attacks work in the [0, 1] pixel box and refuse eps > 1 (sstorch.attacks.pgd._check): a config
     # with eps > 1 can never train, so it should fail at load, not at the first training step.
     with pytest.raises(ConfigError, match=r"attack\.eps"):
         load_config(None, ["attack.eps=1.5"])

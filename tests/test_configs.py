@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from sstorch.config import load_config
-from sstorch.train import train
+from sstorch.training.loop import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -204,7 +204,7 @@ PAPER_CONFIGS = sorted(p for p in PAPER_DIR.glob("*.yaml") if p.name != "sweep.y
 def _paper_params(stem: str) -> int:
     from sstorch.data import DATASET_INFO
     from sstorch.models import build_model
-    from sstorch.summary import summary
+    from sstorch.structure.summary import summary
 
     cfg = load_config(PAPER_DIR / f"{stem}.yaml")
     info = DATASET_INFO[cfg.data.name]
@@ -213,7 +213,7 @@ def _paper_params(stem: str) -> int:
 
 
 def test_paper_manifest_covers_every_row_with_three_seeds_for_rows_1_to_3() -> None:
-    from sstorch.sweep import load_manifest
+    from sstorch.experiments.sweep import load_manifest
 
     m = load_manifest(PAPER_DIR)
     assert {r.method for r in m.rows} == {p.stem for p in PAPER_CONFIGS}
@@ -348,7 +348,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def test_gpu_pair_differs_only_in_the_head() -> None:
-    from sstorch.sweep import load_manifest
+    from sstorch.experiments.sweep import load_manifest
 
     m = load_manifest(GPU_DIR)
     assert [r.method for r in m.rows] == ["vgg16-imnet-dense", "vgg16-imnet-sep"]
@@ -367,7 +367,7 @@ def test_gpu_pair_sizes_are_the_papers_setting() -> None:
     network ≈ 9× smaller (the paper's "90 % fewer parameters")."""
     from sstorch.data import DATASET_INFO
     from sstorch.models import build_model
-    from sstorch.summary import summary
+    from sstorch.structure.summary import summary
 
     info = DATASET_INFO["fashion-mnist"]
     sizes = {}
@@ -408,7 +408,7 @@ CIFAR_CONFIGS = sorted(p for p in CIFAR_DIR.glob("*.yaml") if p.name != "sweep.y
 def _cifar_sizes(stem: str):
     from sstorch.data import DATASET_INFO
     from sstorch.models import build_model
-    from sstorch.summary import summary
+    from sstorch.structure.summary import summary
 
     cfg = load_config(CIFAR_DIR / f"{stem}.yaml")
     info = DATASET_INFO[cfg.data.name]
@@ -417,7 +417,7 @@ def _cifar_sizes(stem: str):
 
 
 def test_cifar_manifest_rows_seeds_and_evaluation() -> None:
-    from sstorch.sweep import jobs, load_manifest
+    from sstorch.experiments.sweep import jobs, load_manifest
 
     m = load_manifest(CIFAR_DIR)
     assert {r.method for r in m.rows} == {p.stem for p in CIFAR_CONFIGS}

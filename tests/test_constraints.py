@@ -1,4 +1,5 @@
-"""Tests for sstorch.constraints: penalties, condition surrogates, stats, pruning, regularizer."""
+"""Tests for sstorch.structure.constraints: penalties, condition surrogates, stats, pruning,
+regularizer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sstorch.constraints import (
+from sstorch.functional.kronecker import kron
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.constraints import (
     CONDITION_SURROGATES,
     SPARSITY_PENALTIES,
     FactorRegularizer,
@@ -23,8 +26,6 @@ from sstorch.constraints import (
     remove_masks_,
     transformed_l1,
 )
-from sstorch.kronecker import kron
-from sstorch.separable import SeparableLinear
 
 SURROGATES = [log_condition, logdet_condition]
 F64 = torch.float64

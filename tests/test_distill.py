@@ -11,14 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sstorch.attacks import kl_adversary
-from sstorch.checkpoint import save_checkpoint
+from sstorch.attacks.pgd import kl_adversary
 from sstorch.config import ConfigError, DistillConfig, ModelConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
-from sstorch.distill import distill_loss
-from sstorch.evaluate import load_run
+from sstorch.eval.run import load_run
+from sstorch.io.checkpoint import save_checkpoint
 from sstorch.models import build_model
-from sstorch.train import train
+from sstorch.training.distill import distill_loss
+from sstorch.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

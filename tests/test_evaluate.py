@@ -17,9 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import sstorch
 from digits_models import fit, held_out
-from sstorch.checkpoint import CheckpointError
 from sstorch.config import load_config
-from sstorch.evaluate import (
+from sstorch.eval.run import (
     SanityCheck,
     _frozen,
     certify,
@@ -29,9 +28,10 @@ from sstorch.evaluate import (
     main_eval,
     sanity_checks,
 )
+from sstorch.io.checkpoint import CheckpointError
+from sstorch.layers.separable import SeparableLinear
 from sstorch.models import ImageClassifier
-from sstorch.separable import SeparableLinear
-from sstorch.train import train
+from sstorch.training.loop import train
 
 SANITY_NAMES = ["monotone_eps", "large_eps", "iterative_vs_fgsm", "more_steps",
                 "blackbox_vs_whitebox", "deterministic_forward"]
@@ -118,7 +118,7 @@ def test_sanity_checks_flag_a_random_forward(test_loader):
 
 
 def test_evaluate_attacks_fast_path_equals_full_worst_case(test_loader):
-    from sstorch.attack_registry import make_attack
+    from sstorch.attacks.registry import make_attack
 
     net = _fit(_mlp(), steps=100)
     attacks = {"fgsm": make_attack("fgsm", 0.05), "pgd": make_attack("pgd", 0.05, steps=10)}
@@ -306,7 +306,7 @@ def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
     import subprocess
 
     from sstorch import __version__
-    from sstorch.evaluate import code_version
+    from sstorch.eval.run import code_version
 
     text = code_version()
     assert text.startswith(f"sstorch {__version__}")
@@ -325,7 +325,7 @@ def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
 
 def test_an_interrupted_evaluation_resumes_from_its_journal_with_the_same_numbers(tmp_path):
     from digits_models import undefended
-    from sstorch.attack_registry import make_attack
+    from sstorch.attacks.registry import make_attack
 
     model = undefended()
     x, y = held_out(96)
@@ -390,7 +390,7 @@ def test_a_damaged_journal_line_is_skipped_with_a_warning(tmp_path, damage):
     of the wrong type: skipped with a warning naming the file; the batch is redone and the
     numbers are those of a fresh evaluation."""
     from digits_models import undefended
-    from sstorch.attack_registry import make_attack
+    from sstorch.attacks.registry import make_attack
 
     model = undefended()
     x, y = held_out(64)
@@ -434,7 +434,7 @@ def test_eval_run_resumes_after_the_attacks_without_redoing_the_eps_sweep(
         run_dir, tmp_path, monkeypatch, capsys):
     """A kill during the sanity checks keeps the attacks and the ε sweep: the rerun takes both
     from the journal and writes the same eval.json as an uninterrupted run."""
-    import sstorch.evaluate as ev
+    import sstorch.eval.run as ev
 
     whole = _eval(run_dir, "--out", str(tmp_path / "whole"))
     out = tmp_path / "e"
@@ -485,31 +485,35 @@ def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
     module imports them, even lazily inside a function."""
     import ast
 
-    from sstorch.evaluate import _NOT_EVALUATION, _package_digest
+    from sstorch.eval.run import _NOT_EVALUATION, _package_digest
 
     pkg = Path(sstorch.__file__).resolve().parent
-    for name in ("apgd.py", "sweep.py", "train.py"):
+    for name in ("attacks/apgd.py", "experiments/sweep.py", "training/loop.py"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("x = 1\n")
     before = _package_digest(tmp_path)
-    (tmp_path / "sweep.py").write_text("x = 2\n")
-    (tmp_path / "train.py").write_text("x = 2\n")
+    (tmp_path / "experiments/sweep.py").write_text("x = 2\n")
+    (tmp_path / "training/loop.py").write_text("x = 2\n")
     assert _package_digest(tmp_path) == before
-    (tmp_path / "apgd.py").write_text("x = 2\n")
+    (tmp_path / "attacks/apgd.py").write_text("x = 2\n")
     assert _package_digest(tmp_path) != before
     excluded = {n.removesuffix(".py") for n in _NOT_EVALUATION}
-    for path in pkg.glob("*.py"):
-        if path.name in _NOT_EVALUATION:
+    checked = 0
+    for path in pkg.rglob("*.py"):
+        rel = path.relative_to(pkg)
+        if rel.parts[0] in _NOT_EVALUATION:
             continue
+        checked += 1
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
-                names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
-                if node.level == 0 and not (node.module or "").startswith("sstorch"):
-                    continue
+                mods = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
-                names = {a.name.split(".")[-1] for a in node.names if a.name.startswith("sstorch")}
+                mods = [a.name for a in node.names]
             else:
                 continue
-            assert not names & excluded, f"{path.name} imports {names & excluded}"
+            bad = {m for m in mods if m.startswith("sstorch.") and m.split(".")[1] in excluded}
+            assert not bad, f"{rel} imports {bad}"
+    assert checked > 15
 
 
 def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tmp_path):

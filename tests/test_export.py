@@ -12,16 +12,16 @@ import pytest
 import torch
 import yaml
 
-from sstorch import export as export_mod
-from sstorch.checkpoint import save_checkpoint
 from sstorch.cli import main
 from sstorch.config import load_config
-from sstorch.constraints import prune_factors
 from sstorch.data import DATASET_INFO
-from sstorch.export import ExportError, export_onnx, onnx_session
+from sstorch.export.onnx import ExportError, export_onnx, onnx_session
+from sstorch.export.onnx import onnx as export_mod
+from sstorch.io.checkpoint import save_checkpoint
+from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.separable import SeparableLinear
-from sstorch.summary import summary
+from sstorch.structure.constraints import prune_factors
+from sstorch.structure.summary import summary
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -1,4 +1,4 @@
-"""Tests of :mod:`sstorch.fsutil`: atomic writes, durable appends, the run lock, path expansion
+"""Tests of :mod:`sstorch.io.fsutil`: atomic writes, durable appends, the run lock, path expansion
 and the one-line messages for file-system errors."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sstorch import fsutil
-from sstorch.fsutil import (
+from sstorch.io import fsutil
+from sstorch.io.fsutil import (
     DirectoryBusy,
     FileSystemError,
     append_line,
@@ -171,10 +171,10 @@ def test_lock_is_exclusive_and_released(tmp_path):
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
     """The lock is the kernel's: SIGKILL of its holder frees it, no stale lock file."""
-    code = ("import sys, time; from sstorch.fsutil import lock_dir\n"
+    code = ("import sys, time; from sstorch.io.fsutil import lock_dir\n"
             "with lock_dir(sys.argv[1], 'holder'):\n"
             "    print('locked', flush=True); time.sleep(600)\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(fsutil.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(fsutil.__file__).parents[2])}
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                             text=True, env=env)
     try:

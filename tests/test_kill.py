@@ -28,7 +28,7 @@ import yaml
 from safetensors import safe_open
 
 import sstorch
-from sstorch.fsutil import LOCK_NAME, is_temp_name
+from sstorch.io.fsutil import LOCK_NAME, is_temp_name
 
 EPOCHS = 3
 SETS = ["data.name=digits", "model.hidden=[[4,4]]", "device=cpu", f"epochs={EPOCHS}",
@@ -43,7 +43,7 @@ TIMING = {"train_seconds", "epoch_seconds", "eval_seconds"}
 ZYGOTE = r'''
 import json, os, signal, sys, time
 import safetensors.torch
-import sstorch.checkpoint, sstorch.cli, sstorch.train
+import sstorch.io.checkpoint, sstorch.cli, sstorch.training.loop
 
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
@@ -71,7 +71,7 @@ def install(kind, n, when):
             real(fd)
         os.fsync = fsync
     elif kind == "save_file":  # half-way through a checkpoint, as safetensors writes it
-        real = sstorch.checkpoint.save_file
+        real = sstorch.io.checkpoint.save_file
         def save_file(tensors, filename, metadata=None):
             if hit():
                 data = safetensors.torch.save(tensors, metadata=metadata)
@@ -82,21 +82,21 @@ def install(kind, n, when):
                     f.write(data[: len(data) // 3])
                 die()
             real(tensors, filename, metadata=metadata)
-        sstorch.checkpoint.save_file = save_file
+        sstorch.io.checkpoint.save_file = save_file
     elif kind == "step":  # inside a training step
-        real = sstorch.train._adv_loss
+        real = sstorch.training.loop._adv_loss
         def adv_loss(*a, **k):
             if hit():
                 die()
             return real(*a, **k)
-        sstorch.train._adv_loss = adv_loss
+        sstorch.training.loop._adv_loss = adv_loss
     elif kind == "eval":  # validation of an epoch, or the final test
-        real = sstorch.train.evaluate
+        real = sstorch.training.loop.evaluate
         def evaluate(*a, **k):
             if hit():
                 die()
             return real(*a, **k)
-        sstorch.train.evaluate = evaluate
+        sstorch.training.loop.evaluate = evaluate
 
 for line in sys.stdin:
     req = json.loads(line)
@@ -193,7 +193,7 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _last_epoch(run_dir: Path) -> int:
-    from sstorch.checkpoint import CheckpointError, read_metadata
+    from sstorch.io.checkpoint import CheckpointError, read_metadata
 
     try:
         return int(read_metadata(run_dir / "last.safetensors")["epoch"])

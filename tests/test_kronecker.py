@@ -1,4 +1,5 @@
-"""Tests for :mod:`sstorch.kronecker`: Kronecker algebra, mode products, nearest Kronecker.
+"""Tests for :mod:`sstorch.functional.kronecker`: Kronecker algebra, mode products, nearest
+Kronecker.
 
 Every reference is built independently of the code under test: dense weights come from explicit
 ``torch.kron`` chains (kron_reference.py) or from the index definition of the mode product
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from kron_reference import F64, explicit_dense, random_factors, vlp_optimal_error
-from sstorch.kronecker import kron, kron_sum, mode_products, nearest_kronecker
+from sstorch.functional.kronecker import kron, kron_sum, mode_products, nearest_kronecker
 
 pytestmark = pytest.mark.usefixtures("seeded")  # the global RNG at seed 0 for every test
 
@@ -123,7 +124,7 @@ def test_strategies_agree(in_shape, out_shape):
 
 
 def test_auto_materializes_only_when_cheaper_and_never_while_tracing():
-    from sstorch.kronecker import _auto_strategy
+    from sstorch.functional.kronecker import _auto_strategy
 
     # (28,28)->(32,32): mode products cost R·53,760 MACs per example vs M·N = 802,816.
     assert _auto_strategy(128, (28, 28), (32, 32), 1) == "left"

@@ -9,12 +9,12 @@ import torch
 from safetensors import safe_open
 
 from sstorch.config import load_config
-from sstorch.constraints import prune_factors
 from sstorch.data import DATASET_INFO
+from sstorch.export.sparse import pack_sparse, unpack_sparse
+from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.packing import pack_sparse, unpack_sparse
-from sstorch.separable import SeparableLinear
-from sstorch.summary import summary
+from sstorch.structure.constraints import prune_factors
+from sstorch.structure.summary import summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,10 +91,11 @@ def test_errors(tmp_path):
 
 
 def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
-    """A magnitude-pruned dense MLP (``weight_mask`` buffers, sstorch.baselines): the file holds
+    """A magnitude-pruned dense MLP (``weight_mask`` buffers, sstorch.layers.baselines): the file
+    holds
     each pruned weight as bitmask + values and no mask, so it is far smaller than the dense
     weights; unpacking into a fresh model restores the weights, the masks and the function."""
-    from sstorch.baselines import prune_linear_
+    from sstorch.layers.baselines import prune_linear_
 
     torch.manual_seed(0)
     model = _mlp("model.separable=false", "constraints.lambda_sparsity=0",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sstorch.summary import summary
+from sstorch.structure.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("pareto", ROOT / "benchmarks" / "pareto.py")

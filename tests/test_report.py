@@ -1,4 +1,4 @@
-"""Tests of ``sstorch report`` (:mod:`sstorch.report`).
+"""Tests of ``sstorch report`` (:mod:`sstorch.experiments.report`).
 
 Three hand-written run directories with realistic numbers (a separable MLP and its dense
 counterpart, both evaluated by ``sstorch eval``, and a smaller separable MLP with only
@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from sstorch.config import load_config
-from sstorch.report import PLOTS, load_run, main_report, pareto_front, write_report
-from sstorch.train import train
+from sstorch.experiments.report import PLOTS, load_run, main_report, pareto_front, write_report
+from sstorch.training.loop import train
 
 # --------------------------------------------------------------------------- fixtures
 

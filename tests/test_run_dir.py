@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import sstorch.train as train_mod
-from sstorch.checkpoint import load_weights, read_metadata
+import sstorch.training.loop as train_mod
 from sstorch.cli import main
 from sstorch.config import load_config
-from sstorch.train import train
+from sstorch.io.checkpoint import load_weights, read_metadata
+from sstorch.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Tests for :class:`sstorch.separable.SeparableLinear`.
+"""Tests for :class:`sstorch.layers.separable.SeparableLinear`.
 
 Dense references are explicit ``torch.kron`` chains (from kron_reference.py), in the documented
 row-major convention ``W = Σ_r U_1[r] ⊗ … ⊗ U_K[r]``, so that

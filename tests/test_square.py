@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from digits_models import accuracy, check_linf_contract
-from sstorch.square import Square
+from sstorch.attacks.square import Square
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # model, test_set: conftest.py
 
@@ -80,7 +80,7 @@ def test_never_uses_gradients_and_counts_queries(model, test_set) -> None:
     assert (q[clean_right & fooled] < 300).all()
     # Only examples robust at the start of a chunk of queries are evaluated: the model saw the
     # clean check, the counted queries, and at most _CHUNK - 1 uncounted ones per fooled example.
-    from sstorch.square import _CHUNK
+    from sstorch.attacks.square import _CHUNK
 
     seen = box.examples - len(x) - q.sum().item()
     assert 0 <= seen <= (_CHUNK - 1) * int((clean_right & fooled).sum())

@@ -1,4 +1,4 @@
-"""Tests for :mod:`sstorch.summary`: parameter, nonzero, MAC and byte accounting.
+"""Tests for :mod:`sstorch.structure.summary`: parameter, nonzero, MAC and byte accounting.
 
 Every expected number is computed by hand in the test (shapes written out, MACs counted mode by
 mode), not by calling the layer's own accounting helpers.
@@ -15,9 +15,9 @@ import torch
 import torchvision
 from torch import nn
 
-from sstorch.separable import SeparableLinear
-from sstorch.summary import ModelSummary, sparse_tensor_bytes, summary
-from sstorch.surgery import separate
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.summary import ModelSummary, sparse_tensor_bytes, summary
+from sstorch.structure.surgery import separate
 
 
 def tiny_model() -> nn.Sequential:
@@ -300,7 +300,7 @@ def test_cli_summary_bad_compression_names_the_option(value, capsys):
 
 
 def test_separate_rejects_a_nan_compression():
-    from sstorch.surgery import separate
+    from sstorch.structure.surgery import separate
 
     with pytest.raises(ValueError, match="compression must be a finite number ≥ 1"):
         separate(nn.Sequential(nn.Linear(16, 16)), compression=float("nan"))

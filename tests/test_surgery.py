@@ -1,4 +1,5 @@
-"""Tests for :mod:`sstorch.surgery`: shape planning, flatten tracing, ``separate``/``densify``.
+"""Tests for :mod:`sstorch.structure.surgery`: shape planning, flatten tracing,
+``separate``/``densify``.
 
 References are built independently of the code under test: plans are checked against a brute
 force over all two-mode factorizations, and "exactly separable" dense weights are explicit
@@ -19,8 +20,8 @@ import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from sstorch.separable import SeparableLinear
-from sstorch.surgery import (
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.surgery import (
     SeparablePlan,
     densify,
     find_flattened_inputs,
@@ -615,8 +616,8 @@ def test_separated_vit_trains_one_sgd_step():
 
 
 def test_load_dense_recovers_an_exact_kronecker_sum_and_names_misfits():
-    from sstorch.kronecker import kron_sum
-    from sstorch.surgery import load_dense_
+    from sstorch.functional.kronecker import kron_sum
+    from sstorch.structure.surgery import load_dense_
 
     g = torch.Generator().manual_seed(0)
     factors = [torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 6, generator=g)]

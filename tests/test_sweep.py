@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from sstorch.cli import main
-from sstorch.sweep import CSV_COLUMNS, _try_lock, jobs, load_manifest
+from sstorch.experiments.sweep import CSV_COLUMNS, _try_lock, jobs, load_manifest
 
 RECIPE = {
     "epochs": 1, "device": "cpu",
@@ -83,7 +83,7 @@ def test_bad_manifests(tmp_path, rows, extra, match):
 def test_rows_override_eval_and_reference(tmp_path):
     """A row's ``eval`` keys override the manifest's for its jobs only; its ``reference``
     decides its compression (its family's dense model, not the manifest's)."""
-    from sstorch.sweep import _reference_params
+    from sstorch.experiments.sweep import _reference_params
 
     rows = [{"method": "dense", "seeds": [0]},
             {"method": "sep", "seeds": [0], "eval": {"n": 7}, "reference": "sep"}]
@@ -193,7 +193,7 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
 
 
 def _entry(method: str, accs: list[float]) -> dict:
-    from sstorch.sweep import _mean_std
+    from sstorch.experiments.sweep import _mean_std
 
     n = len(accs)
     mean, std = _mean_std(accs)
@@ -203,7 +203,7 @@ def _entry(method: str, accs: list[float]) -> dict:
 
 
 def test_claims_are_checked_against_the_means():
-    from sstorch.sweep import render_claims
+    from sstorch.experiments.sweep import render_claims
 
     rows = [_entry("dense", [0.66, 0.68]), _entry("sep10", [0.655, 0.66]),
             _entry("sep300", [0.56]), _entry("lowrank", [0.20]), _entry("prune", [0.58]),
@@ -280,9 +280,9 @@ def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsy
 def test_fc_matrices_cover_every_kind_of_fc_layer():
     from torch import nn
 
-    from sstorch.baselines import LowRankLinear
-    from sstorch.separable import SeparableLinear
-    from sstorch.sweep import fc_matrices
+    from sstorch.experiments.sweep import fc_matrices
+    from sstorch.layers.baselines import LowRankLinear
+    from sstorch.layers.separable import SeparableLinear
 
     model = nn.Sequential(nn.Flatten(), SeparableLinear((2, 3), (4, 2), flatten=True),
                           LowRankLinear(8, 5, rank=1), nn.Linear(5, 3))
@@ -293,7 +293,7 @@ def test_fc_matrices_cover_every_kind_of_fc_layer():
 
 
 def test_only_selects_methods_or_single_seeds(tmp_path):
-    from sstorch.sweep import selected
+    from sstorch.experiments.sweep import selected
 
     m = load_manifest(_write_sweep(tmp_path, ROWS))
     picked = lambda only: [(j.method, j.seed) for j in jobs(m) if selected(j, only)]  # noqa: E731
@@ -303,7 +303,7 @@ def test_only_selects_methods_or_single_seeds(tmp_path):
 
 
 def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
-    from sstorch.sweep import device_label, render_table, summarize
+    from sstorch.experiments.sweep import device_label, render_table, summarize
 
     cpu = "CPU AMD EPYC (2 cores), torch threads 1; Linux 6.1; torch 2.14.1"
     gpu = "NVIDIA H200; Linux 6.18; torch 2.11.0"
@@ -341,7 +341,7 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     from dataclasses import asdict
 
     from sstorch.config import load_config
-    from sstorch.sweep import config_drift, job_overrides
+    from sstorch.experiments.sweep import config_drift, job_overrides
 
     root = _write_sweep(tmp_path / "s", [{"method": "sep", "seeds": [0]}], reference="sep")
     job = jobs(load_manifest(root))[0]
@@ -387,7 +387,7 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
 
 
 def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path, monkeypatch):
-    from sstorch import sweep
+    from sstorch.experiments import sweep
 
     rows = [{"method": "dense", "seeds": [0]},
             {"method": "sep", "seeds": [0], "init_from": "dense"}]
@@ -410,8 +410,8 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
 
 
 def test_a_row_distilled_from_another_waits_for_its_teacher_then_uses_it(tmp_path):
-    from sstorch import sweep
-    from sstorch.sweep import job_overrides
+    from sstorch.experiments import sweep
+    from sstorch.experiments.sweep import job_overrides
 
     rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0], "teacher": "dense"}]
     m = load_manifest(_write_sweep(tmp_path, rows, eval={"pgd_steps": 1, "n": 8}))
@@ -494,7 +494,7 @@ def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
 
 def test_a_job_whose_starting_point_is_only_recorded_gets_a_clear_error(tmp_path, capsys):
     from sstorch.config import load_config
-    from sstorch.sweep import job_overrides, record_path
+    from sstorch.experiments.sweep import job_overrides, record_path
 
     rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0],
                                                  "init_from": "dense"}]

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``sstorch train`` (:mod:`sstorch.train`, :mod:`sstorch.cli`).
+"""End-to-end tests of ``sstorch train`` (:mod:`sstorch.training.loop`, :mod:`sstorch.cli`).
 
 Every run uses scikit-learn's bundled 8×8 digits and a one-hidden-layer separable MLP
 ``(8, 8) → (4, 4) → 10`` on small subsets, so the whole file stays fast on two CPU cores.
@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-import sstorch.train as train_mod
+import sstorch.training.loop as train_mod
 from sstorch import attacks
-from sstorch.attacks import FGSM, PGD, trades_adversary
-from sstorch.checkpoint import CheckpointError, load_checkpoint, load_weights, read_metadata
+from sstorch.attacks.pgd import FGSM, PGD, trades_adversary
 from sstorch.cli import main
 from sstorch.config import ConfigError, ModelConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
+from sstorch.io.checkpoint import CheckpointError, load_checkpoint, load_weights, read_metadata
 from sstorch.models import build_model
-from sstorch.train import TrainingDiverged, evaluate, train
+from sstorch.training.loop import TrainingDiverged, evaluate, train
 
 LAYER = "net.1"  # the separable hidden layer of the MLP
 N_FACTOR_ENTRIES = 8 * 4 + 8 * 4  # factors U1 (4×8) and U2 (4×8)
@@ -260,7 +260,7 @@ def test_each_training_attack_runs(tmp_path, spy_attacks, attack):
 
 
 def test_eps_warmup_ramps_eps_and_step_size_linearly_by_step(tmp_path, spy_attacks):
-    from sstorch.train import eps_scale
+    from sstorch.training.loop import eps_scale
 
     cfg = _cfg(tmp_path, "warm", epochs=2, attack__steps=3, attack__eps_warmup_epochs=1.5)
     assert [eps_scale(cfg, s, 4) for s in (0, 2, 5, 6, 40)] == [1 / 6, 0.5, 1.0, 1.0, 1.0]

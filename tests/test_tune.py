@@ -133,19 +133,19 @@ def test_a_diverged_point_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
 
 def test_check_seeds_pass_over_a_point_that_diverges_at_another_seed(tmp_path, capsys,
                                                                      monkeypatch):
-    import sstorch.train
+    import sstorch.training.loop
 
     base, out, table = tiny_config(tmp_path)
-    real_train = sstorch.train.train
+    real_train = sstorch.training.loop.train
     trained = []
 
     def train(cfg, resume=None, log=print, on_epoch=None):  # 0.02: wins at seed 0, nan at 2
         trained.append((cfg.optim.lr, cfg.seed))
         if cfg.seed == 2 and cfg.optim.lr == 0.02:
-            raise sstorch.train.TrainingDiverged("loss became nan at epoch 1; stopped")
+            raise sstorch.training.loop.TrainingDiverged("loss became nan at epoch 1; stopped")
         return real_train(cfg, resume=resume, log=log, on_epoch=on_epoch)
 
-    monkeypatch.setattr(sstorch.train, "train", train)
+    monkeypatch.setattr(sstorch.training.loop, "train", train)
     monkeypatch.setattr(tune, "select", lambda rows, within=0.0: next(
         (i for i in sorted(range(len(rows)), key=lambda i: -float(rows[i]["point"][3:]))
          if rows[i]["val_robust_acc"] != "" and str(rows[i]["status"]).startswith("ok")), None))
@@ -279,10 +279,10 @@ def test_a_pruned_trial_is_recorded_never_selected_and_not_retrained(tmp_path, c
 
 
 def test_an_interrupted_trial_resumes_from_its_last_checkpoint(tmp_path, capsys, monkeypatch):
-    import sstorch.train
+    import sstorch.training.loop
 
     base, out, table = tiny_config(tmp_path, epochs=2)
-    real_train = sstorch.train.train
+    real_train = sstorch.training.loop.train
     calls = []
 
     def train(cfg, resume=None, log=print, on_epoch=None):
@@ -294,7 +294,7 @@ def test_an_interrupted_trial_resumes_from_its_last_checkpoint(tmp_path, capsys,
                 raise KeyboardInterrupt  # Ctrl-C after the first epoch's checkpoint
         return real_train(cfg, resume=resume, log=log, on_epoch=stop_after_epoch_1)
 
-    monkeypatch.setattr(sstorch.train, "train", train)
+    monkeypatch.setattr(sstorch.training.loop, "train", train)
     args = [str(base), "--space", "optim.lr=log:0.003:0.03", "--trials", "1", "--out", str(out),
             "--csv", str(table)]
     with pytest.raises(KeyboardInterrupt):

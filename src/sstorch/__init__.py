@@ -2,23 +2,24 @@
 
 The paper's ideas, one module each:
 
-* :mod:`sstorch.kronecker` — Kronecker algebra: mode products, nearest Kronecker product.
-* :mod:`sstorch.separable` — :class:`SeparableLinear`, ``Y = X ×1 U1 ×2 U2 … ×K UK + b``.
-* :mod:`sstorch.constraints` — sparsity and condition-number penalties, factor pruning, stats.
-* :mod:`sstorch.surgery` — :func:`separate` / :func:`densify` for any PyTorch model.
-* :mod:`sstorch.summary` — parameter, nnz, MAC and byte accounting.
+* :mod:`sstorch.functional.kronecker` — Kronecker algebra: mode products, nearest Kronecker product.
+* :mod:`sstorch.layers.separable` — :class:`SeparableLinear`, ``Y = X ×1 U1 ×2 U2 … ×K UK + b``.
+* :mod:`sstorch.structure.constraints` — sparsity and condition-number penalties, factor pruning,
+stats.
+* :mod:`sstorch.structure.surgery` — :func:`separate` / :func:`densify` for any PyTorch model.
+* :mod:`sstorch.structure.summary` — parameter, nnz, MAC and byte accounting.
 """
 
-from .constraints import (
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.constraints import (
     FactorRegularizer,
     layer_stats,
     log_condition,
     logdet_condition,
     prune_factors,
 )
-from .separable import SeparableLinear
-from .summary import summary
-from .surgery import densify, separate
+from sstorch.structure.summary import summary
+from sstorch.structure.surgery import densify, separate
 
 __all__ = ["SeparableLinear", "densify", "separate", "summary"]
 __all__ += [

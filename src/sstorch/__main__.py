@@ -1,3 +1,3 @@
-from .cli import main
+from sstorch.cli import main
 
 raise SystemExit(main())

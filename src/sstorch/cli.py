@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .fsutil import DirectoryBusy, describe, expand_path
+from sstorch.io.fsutil import DirectoryBusy, describe, expand_path
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,7 +34,7 @@ def _compression(text: str) -> float:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from .bench import main_layer_bench
+    from sstorch.experiments.bench import main_layer_bench
 
     return main_layer_bench(argv)
 
@@ -42,8 +42,8 @@ def _cmd_bench(argv: list[str]) -> int:
 def _cmd_summary(argv: list[str]) -> int:
     import torch
 
-    from .summary import summary
-    from .surgery import separate
+    from sstorch.structure.summary import summary
+    from sstorch.structure.surgery import separate
 
     p = argparse.ArgumentParser(
         prog="sstorch summary",
@@ -91,7 +91,7 @@ def _cmd_train(argv: list[str]) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume continues a run and --overwrite replaces it; give one of them")
 
-    from .config import load_config
+    from sstorch.config import load_config
 
     if args.config:
         args.config = expand_path(args.config, "--config")
@@ -104,7 +104,7 @@ def _cmd_train(argv: list[str]) -> int:
                              "directory made by `sstorch train`?")
         args.config = str(cfg_path)
     cfg = load_config(args.config, args.set)
-    from .train import train
+    from sstorch.training.loop import train
 
     run_dir = Path(args.resume) if args.resume else Path(cfg.out_dir) / cfg.name
     try:
@@ -118,25 +118,25 @@ def _cmd_train(argv: list[str]) -> int:
 
 
 def _cmd_eval(argv: list[str]) -> int:
-    from .evaluate import main_eval
+    from sstorch.eval.run import main_eval
 
     return main_eval(argv)
 
 
 def _cmd_sweep(argv: list[str]) -> int:
-    from .sweep import main_sweep
+    from sstorch.experiments.sweep import main_sweep
 
     return main_sweep(argv)
 
 
 def _cmd_export(argv: list[str]) -> int:
-    from .export import main_export
+    from sstorch.export.onnx import main_export
 
     return main_export(argv)
 
 
 def _cmd_report(argv: list[str]) -> int:
-    from .report import main_report
+    from sstorch.experiments.report import main_report
 
     return main_report(argv)
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sstorch: unknown command {cmd!r}; choose from {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
-    from .train import TrainingDiverged
+    from sstorch.training.loop import TrainingDiverged
 
     debug = bool(os.environ.get("SSTORCH_DEBUG"))
     try:

@@ -16,7 +16,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from .fsutil import expand_path
+from sstorch.io.fsutil import expand_path
 
 __all__ = [
     "MAX_SEED",
@@ -122,7 +122,8 @@ class ModelConfig:
     separable_groups: list = field(default_factory=lambda: ["mlp"])  # mlp, attn, patch, head
     separate_head: bool = False  # mlp / vgg16: also factorize the classifier layer
     dropout: float = 0.0
-    # Comparison layers for a dense mlp (sstorch.baselines): none, lowrank (W = AB), tucker or
+    # Comparison layers for a dense mlp (sstorch.layers.baselines): none, lowrank (W = AB), tucker
+    # or
     # tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt: an int rank ≥ 1 or
     # a fraction < 1 of each layer's dense parameters.
     baseline: str = "none"
@@ -236,7 +237,7 @@ class PruneConfig:
     """Pruning from ``start_epoch`` to ``end_epoch``; later epochs fine-tune.
 
     Separable models prune factor entries by magnitude (``target`` per factor, a linear ramp);
-    dense models prune ``nn.Linear`` weights (sstorch.baselines): by global magnitude with a
+    dense models prune ``nn.Linear`` weights (sstorch.layers.baselines): by global magnitude with a
     geometric ramp of the weights kept, or with HYDRA's learned scores.
     """
 
@@ -266,7 +267,7 @@ class PruneConfig:
 
 @dataclass
 class DistillConfig:
-    """Robust distillation from a trained teacher run (:mod:`sstorch.distill`); off when
+    """Robust distillation from a trained teacher run (:mod:`sstorch.training.distill`); off when
     ``teacher`` is null. The inner maximisation uses ``attack.eps``, ``step_size`` and ``steps``.
 
     * ``rslad`` (Zi et al. 2021): ``x'`` maximises ``KL(T(x) ‖ S(x'))``; the loss is

@@ -2,7 +2,7 @@
 
 Every model takes images in ``[0, 1]`` and normalizes inside (:class:`Normalize`), so attacks
 see the true pixel box. Separable forms are made from the dense ones by
-:func:`sstorch.surgery.separate`, never by a second copy of the architecture.
+:func:`sstorch.structure.surgery.separate`, never by a second copy of the architecture.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .baselines import apply_linear_masks_, factorize_mlp, sync_linear_masks_
-from .config import ConfigError, ModelConfig
-from .separable import SeparableLinear
-from .surgery import plan_shapes, separate
+from sstorch.config import ConfigError, ModelConfig
+from sstorch.layers.baselines import apply_linear_masks_, factorize_mlp, sync_linear_masks_
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.surgery import plan_shapes, separate
 
 __all__ = ["MODELS", "ImageClassifier", "Normalize", "build_model"]
 
@@ -46,7 +46,8 @@ class ImageClassifier(nn.Module):
         self.normalize = Normalize(mean, std)
         self.net = net
         self.image_shape = tuple(image_shape)
-        # Pruned nn.Linear layers carry weight_mask buffers (sstorch.baselines): the state being
+        # Pruned nn.Linear layers carry weight_mask buffers (sstorch.layers.baselines): the state
+        # being
         # loaded decides which layers are pruned, and their zeros are re-armed after loading.
         self.register_load_state_dict_post_hook(_rezero_pruned)
 
@@ -67,7 +68,8 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
     ``cfg.hidden`` lists hidden shapes, e.g. ``[[32, 32], [32, 32]]``: the dense MLP uses their
     products as widths (784-1024-1024-10 on Fashion-MNIST), the separable one maps the image's
     modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.baseline`` (dense only) swaps
-    every Linear, the head included, for a comparison layer of :mod:`sstorch.baselines`: low rank
+    every Linear, the head included, for a comparison layer of :mod:`sstorch.layers.baselines`:
+    low rank
     ``W = A B`` of rank ``baseline_rank``, or a Tucker / TT weight on the same modes as the
     separable layers (the head's from :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
     """
@@ -82,7 +84,7 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
         prev = w
     layers.append(nn.Linear(prev, num_classes))
     net = nn.Sequential(*layers)
-    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.baselines)
+    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.layers.baselines)
         sizes = {n: ((m.in_features,), (m.out_features,)) for n, m in net.named_modules()
                  if isinstance(m, nn.Linear)}
         return factorize_mlp(net, sizes, "lowrank", cfg.baseline_rank)

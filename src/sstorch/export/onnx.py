@@ -22,7 +22,7 @@ in ``[0, 1]`` of shape ``(batch, C, H, W)`` with a dynamic batch axis and return
   int8 graph has no gradient, so PGD is crafted white-box on the fp32 PyTorch model and the
   *same* adversarial images are classified by the fp32 and the int8 onnxruntime models
   (int8's number is a transfer attack from its fp32 parent, labelled so in the report).
-* **sparse packing** (``pack=True``): the weights in :mod:`sstorch.packing`'s bitmask format
+* **sparse packing** (``pack=True``): the weights in :mod:`sstorch.export.sparse`'s bitmask format
   in ``<stem>.sparse.safetensors``; its parameter payload equals
   ``summary(model).bytes_sparse`` (both are reported).
 
@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .fsutil import atomic_write_text, expand_path, fs_errors, temp_beside
-from .packing import PackReport, pack_sparse
-from .separable import SeparableLinear
-from .summary import summary
+from sstorch.export.sparse import PackReport, pack_sparse
+from sstorch.io.fsutil import atomic_write_text, expand_path, fs_errors, temp_beside
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.summary import summary
 
 __all__ = ["DEFAULT_OPSET", "SUPPORTED_OPSETS", "ExportError", "ExportReport", "QuantReport",
            "dataset_images", "export_onnx", "export_sparse", "main_export", "onnx_session"]
@@ -242,7 +242,7 @@ def _accuracy(logits: np.ndarray, labels: Tensor) -> float:
 def dataset_images(dataset: str, n: int, root: str | os.PathLike | None = None,
                    ) -> tuple[Tensor, Tensor]:
     """The first ``n`` test images ``(n, C, H, W)`` in [0, 1] and labels of ``dataset``."""
-    from .data import eval_transform, get_dataset
+    from sstorch.data import eval_transform, get_dataset
 
     ds = get_dataset(dataset, root, train=False, transform=eval_transform(dataset))
     pairs = [ds[i] for i in range(min(n, len(ds)))]
@@ -292,7 +292,7 @@ def _load_target(target: str | os.PathLike | nn.Module, dataset: str | None,
         model = copy.deepcopy(target).cpu().eval()
         return model, {"dataset": dataset, "root": data_root, "eps": None, "steps": None,
                        "out": None}
-    from .evaluate import load_run
+    from sstorch.eval.run import load_run
 
     cfg, model, ckpt, run_dir = load_run(target)
     out = run_dir / "model.onnx" if Path(target).is_dir() else ckpt.with_suffix(".onnx")
@@ -324,7 +324,7 @@ def export_onnx(
     """Export ``target`` to ONNX at ``out`` after the structure and parity checks (see module).
 
     Args:
-        target: a run directory, a checkpoint (``sstorch.evaluate.load_run``) or a model that
+        target: a run directory, a checkpoint (``sstorch.eval.run.load_run``) or a model that
             takes ``[0, 1]`` images. A model needs ``out`` and ``images`` or ``dataset``.
         out: the ONNX file (default: ``RUN_DIR/model.onnx``, or the checkpoint's name with
             ``.onnx``); its directory must exist.
@@ -415,7 +415,7 @@ def _quantize(model: nn.Module, fp32: Path, images: Tensor, labels: Tensor, eps:
     """Dynamic int8 quantization of ``fp32`` and the fp32-vs-int8 accuracy check."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .attack_registry import make_attack
+    from sstorch.attacks.registry import make_attack
 
     dest = _sibling(fp32, ".int8.onnx")
     with fs_errors(dest), temp_beside(dest) as tmp:
@@ -448,7 +448,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def export_sparse(target: str | os.PathLike | nn.Module, out: str | os.PathLike | None = None
                   ) -> tuple[PackReport, int]:
-    """Pack ``target``'s weights (:func:`sstorch.packing.pack_sparse`).
+    """Pack ``target``'s weights (:func:`sstorch.export.sparse.pack_sparse`).
 
     Returns ``(report, summary(model).bytes_sparse)``; the two byte counts are equal.
     """

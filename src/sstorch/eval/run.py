@@ -49,11 +49,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from .baselines import LowRankLinear, TensorizedLinear, sparse_inference
-from .checkpoint import CheckpointError, load_checkpoint, read_metadata
-from .config import Config, ConfigError, load_config
-from .constraints import layer_stats
-from .fsutil import (
+from sstorch.config import Config, ConfigError, load_config
+from sstorch.io.checkpoint import CheckpointError, load_checkpoint, read_metadata
+from sstorch.io.fsutil import (
     FileSystemError,
     append_line,
     atomic_write_text,
@@ -62,8 +60,10 @@ from .fsutil import (
     lock_dir,
     remove_stale_temps,
 )
-from .models import ImageClassifier, Normalize
-from .separable import SeparableLinear
+from sstorch.layers.baselines import LowRankLinear, TensorizedLinear, sparse_inference
+from sstorch.layers.separable import SeparableLinear
+from sstorch.models import ImageClassifier, Normalize
+from sstorch.structure.constraints import layer_stats
 
 __all__ = [
     "DEFAULT_ATTACKS", "LARGE_EPS", "SanityCheck", "certify", "default_sweep",
@@ -82,8 +82,8 @@ Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def _make_attack(name: str, eps: float, seed: int = 0, **kwargs: Any) -> Attack:
-    """``sstorch.attack_registry.make_attack`` (imported here: evaluation sits above it)."""
-    from .attack_registry import make_attack
+    """``sstorch.attacks.registry.make_attack`` (imported here: evaluation sits above it)."""
+    from sstorch.attacks.registry import make_attack
 
     return make_attack(name, eps, seed=seed, **kwargs)
 
@@ -137,7 +137,7 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
 @contextlib.contextmanager
 def _frozen(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
     """``model`` in eval mode without parameter gradients (attacks need input gradients only);
-    pruned Linear layers run with sparse weights (:func:`sstorch.baselines.sparse_inference`)
+    pruned Linear layers run with sparse weights (:func:`sstorch.layers.baselines.sparse_inference`)
     and, on the CPU, convolutions in channels-last layout (:func:`channels_last_inference`;
     ``channels_last=False`` keeps the standard layout, for benchmarks)."""
     modes = {m: m.training for m in model.modules()}
@@ -249,7 +249,8 @@ def _well_formed(rec: dict[str, Any], spec: dict[str, type], names: Sequence[str
 
 def _append_journal(path: Path, rec: dict[str, Any]) -> None:
     """Append one JSON line and fsync it, so a finished piece survives a crash right after
-    (:func:`sstorch.fsutil.append_line`: on a line of its own; a failed append leaves nothing)."""
+    (:func:`sstorch.io.fsutil.append_line`: on a line of its own; a failed append leaves
+    nothing)."""
     append_line(path, json.dumps(rec))
 
 
@@ -739,8 +740,8 @@ def load_run(target: str | os.PathLike, device: torch.device | str = "cpu"
         FileNotFoundError: no such path, no config, or no checkpoint in the directory.
         CheckpointError: the checkpoint is unreadable or its weights do not fit the config.
     """
-    from .data import DATASET_INFO, canonical_name
-    from .models import build_model
+    from sstorch.data import DATASET_INFO, canonical_name
+    from sstorch.models import build_model
 
     path = Path(target)
     if not path.exists():
@@ -809,9 +810,9 @@ def code_version() -> str:
     ``+dirty`` means files of the package differ from that commit. Recorded in result files so a
     number can be traced to the code that produced it.
     """
-    from . import __version__
+    from sstorch import __version__
 
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package
     text = f"sstorch {__version__}"
     try:
         def git(*args: str) -> str:
@@ -828,18 +829,19 @@ def code_version() -> str:
 # Modules that evaluation never imports (training, orchestration, export, benchmarks): editing
 # them cannot change an evaluation's numbers, so they stay out of the journal key. A new module is
 # in the key until it is listed here.
-_NOT_EVALUATION = frozenset({"__main__.py", "bench.py", "cli.py", "distill.py", "export.py",
-                             "packing.py", "report.py", "sweep.py", "train.py"})
+_NOT_EVALUATION = frozenset({"__main__.py", "cli.py", "experiments", "export", "training"})
 
 
 def _package_digest(root: Path | None = None) -> str:
-    """SHA-256 over the source of every sstorch module evaluation can run (all but
-    ``_NOT_EVALUATION``): changes with that code, not with commits that touch only docs, results,
-    tests, training or the sweep."""
+    """SHA-256 over the source of every sstorch module evaluation can run: all ``*.py`` files of
+    the package (by path relative to it) except those under ``_NOT_EVALUATION``. Changes with that
+    code, not with commits that touch only docs, results, tests, training or the sweep."""
+    root = root or Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
-    for path in sorted((root or Path(__file__).resolve().parent).glob("*.py")):
-        if path.name not in _NOT_EVALUATION:
-            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if rel.parts[0] not in _NOT_EVALUATION:
+            h.update(rel.as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -864,7 +866,7 @@ def parse_attacks(spec: str | Sequence[str]) -> list[str]:
     names = [s for s in names if s]
     if not names:
         raise ValueError("--attacks is empty; e.g. --attacks clean,fgsm,pgd,cw,autoattack")
-    from .attack_registry import ATTACKS
+    from sstorch.attacks.registry import ATTACKS
 
     choices = ["clean", *ATTACKS]
     for s in names:
@@ -891,7 +893,7 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
     test split, ignoring the run's ``data.test_subset``). ``attack_kwargs`` passes constructor
     arguments per attack name, e.g. ``{"pgd": {"steps": 50, "restarts": 3}}``.
     """
-    from .data import DATASET_INFO, build_datasets, canonical_name
+    from sstorch.data import DATASET_INFO, build_datasets, canonical_name
 
     names = parse_attacks(attacks)
     if eps is not None:
@@ -948,7 +950,7 @@ def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run
                    square_n: int, square_queries: int,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """The body of :func:`evaluate_run` once ``out_dir`` is locked."""
-    from .summary import summary
+    from sstorch.structure.summary import summary
 
     # An interrupted evaluation resumes from here, attack by attack, as long as nothing that
     # decides a batch's outcome changed (the key); eval.json replaces the journal at the end.

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from .separable import SeparableLinear
+from sstorch.layers.separable import SeparableLinear
 
 __all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "load_dense_", "plan_shapes",
            "probe_mode", "separate"]
@@ -391,7 +391,8 @@ def load_dense_(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str,
 
     Every :class:`SeparableLinear` named ``name`` whose dense ``name.weight`` ``(M, N)`` is in
     ``state_dict`` gets the nearest Kronecker sum of its rank,
-    ``argmin ‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F`` (:func:`sstorch.kronecker.nearest_kronecker`),
+    ``argmin ‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F``
+    (:func:`sstorch.functional.kronecker.nearest_kronecker`),
     and the dense bias; every other entry (normalization, the dense layers left) must match the
     model exactly. Compress-then-fine-tune: train the result adversarially afterwards.
 
@@ -402,7 +403,7 @@ def load_dense_(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str,
         ValueError: a dense weight of the wrong size, or keys missing from / unknown to
         ``model``.
     """
-    from .kronecker import nearest_kronecker
+    from sstorch.functional.kronecker import nearest_kronecker
 
     state = dict(state_dict)
     errors: dict[str, float] = {}

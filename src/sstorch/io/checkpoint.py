@@ -34,9 +34,9 @@ scheduler from the run's config, then :func:`load_checkpoint` restores its count
 (``last_epoch``, ``_last_lr``, …).
 
 Writes are atomic: the file is written to a temporary file in the same directory
-(:func:`sstorch.fsutil.atomic_write`), fsynced and ``os.replace``-d onto the target, so a crash
+(:func:`sstorch.io.fsutil.atomic_write`), fsynced and ``os.replace``-d onto the target, so a crash
 at any moment leaves the previous checkpoint intact (a kill can leave the temporary file:
-:func:`sstorch.fsutil.remove_stale_temps` removes it; ``sstorch train`` does on every start).
+:func:`sstorch.io.fsutil.remove_stale_temps` removes it; ``sstorch train`` does on every start).
 Every failure to read — missing, truncated or corrupted file, foreign file, model or
 optimizer mismatch — raises :class:`CheckpointError` with a one-line message that names the
 file and says what to do.
@@ -66,7 +66,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .fsutil import FileSystemError, atomic_write, is_temp_name
+from sstorch.io.fsutil import FileSystemError, atomic_write, is_temp_name
 
 __all__ = [
     "FORMAT_VERSION",
@@ -370,7 +370,7 @@ def _digest(t: Tensor) -> str:
 
 
 def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write through :func:`sstorch.fsutil.atomic_write` (temporary file beside ``path``,
+    """Write through :func:`sstorch.io.fsutil.atomic_write` (temporary file beside ``path``,
     fsync, ``os.replace``); every failure is a :class:`CheckpointError` naming ``path``."""
     try:
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))

@@ -3,20 +3,20 @@
 ================  ===========================================================================
 name              attack (defaults)
 ================  ===========================================================================
-``fgsm``          :class:`~sstorch.attacks.FGSM`, one signed-gradient step of size ε
-``pgd``           :class:`~sstorch.attacks.PGD`, CE loss, 50 steps of 2.5ε/50, 1 restart
-``cw``            :class:`~sstorch.attacks.PGD` on the CW margin, 50 steps of 2.5ε/50
-``pgd-l2``        :class:`~sstorch.attacks.PGDL2`, CE loss, 50 steps of 2.5ε/50 (ε an L2 radius)
-``apgd-ce``       :class:`~sstorch.apgd.APGD`, CE loss, 100 iterations
-``apgd-t``        :class:`~sstorch.apgd.APGDTargeted`, DLR-T loss, 9 targets, 100 iterations
-``fab-t``         ``sstorch.fab.FABTargeted``, 9 targets, 100 iterations
-``square``        ``sstorch.square.Square``, 5000 queries
-``autoattack``    :class:`~sstorch.autoattack.AutoAttack`, the standard version
+``fgsm``          :class:`~sstorch.attacks.pgd.FGSM`, one signed-gradient step of size ε
+``pgd``           :class:`~sstorch.attacks.pgd.PGD`, CE loss, 50 steps of 2.5ε/50, 1 restart
+``cw``            :class:`~sstorch.attacks.pgd.PGD` on the CW margin, 50 steps of 2.5ε/50
+``pgd-l2``        :class:`~sstorch.attacks.pgd.PGDL2`, CE loss, 50 steps of 2.5ε/50 (ε an L2 radius)
+``apgd-ce``       :class:`~sstorch.attacks.apgd.APGD`, CE loss, 100 iterations
+``apgd-t``        :class:`~sstorch.attacks.apgd.APGDTargeted`, DLR-T loss, 9 targets, 100 iterations
+``fab-t``         ``sstorch.attacks.fab.FABTargeted``, 9 targets, 100 iterations
+``square``        ``sstorch.attacks.square.Square``, 5000 queries
+``autoattack``    :class:`~sstorch.attacks.autoattack.AutoAttack`, the standard version
 ================  ===========================================================================
 
 Every attack has the contract ``attack(model, images, labels) -> adv_images`` (L∞ unless
 ``norm=`` says otherwise) and is deterministic under ``seed``: the attacks of
-:mod:`sstorch.attacks`, which draw from torch's global RNG, run under that seed in a forked RNG
+:mod:`sstorch.attacks.pgd`, which draw from torch's global RNG, run under that seed in a forked RNG
 state, so the caller's global RNG is left as it was. Keyword arguments go to the attack's
 constructor (``make_attack("pgd", 8 / 255, steps=20, restarts=5)``).
 """
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .apgd import APGD, APGDTargeted
-from .attacks import FGSM, PGD, PGDL2
-from .autoattack import AutoAttack
+from sstorch.attacks.apgd import APGD, APGDTargeted
+from sstorch.attacks.autoattack import AutoAttack
+from sstorch.attacks.pgd import FGSM, PGD, PGDL2
 
 __all__ = ["ATTACKS", "Attack", "SeededAttack", "make_attack"]
 
@@ -91,8 +91,8 @@ ATTACKS: dict[str, Callable[..., Attack]] = {
     "pgd-l2": lambda eps, seed=0, **kw: _pgd_l2(eps, seed, **kw),
     "apgd-ce": lambda eps, seed=0, **kw: APGD(eps, seed=seed, **{"loss": "ce", **kw}),
     "apgd-t": lambda eps, seed=0, **kw: APGDTargeted(eps, seed=seed, **kw),
-    "fab-t": _lazy("sstorch.fab", "FABTargeted"),
-    "square": _lazy("sstorch.square", "Square"),
+    "fab-t": _lazy("sstorch.attacks.fab", "FABTargeted"),
+    "square": _lazy("sstorch.attacks.square", "Square"),
     "autoattack": lambda eps, seed=0, **kw: AutoAttack(eps, seed=seed, **kw),
 }
 

@@ -38,17 +38,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .attacks import FGSM, PGD, trades_adversary
-from .baselines import (
-    Hydra,
-    LowRankLinear,
-    TensorizedLinear,
-    init_from_dense_,
-    keep_schedule,
-    linear_layers,
-    prune_linear_,
-)
-from .checkpoint import (
+from sstorch.attacks.pgd import FGSM, PGD, trades_adversary
+from sstorch.config import Config, ConfigError, PruneConfig
+from sstorch.data import DATASET_INFO, build_datasets, canonical_name
+from sstorch.eval.run import code_version, machine_description
+from sstorch.io.checkpoint import (
     CheckpointCorrupted,
     CheckpointError,
     load_checkpoint,
@@ -56,12 +50,7 @@ from .checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from .config import Config, ConfigError, PruneConfig
-from .constraints import FactorRegularizer, layer_stats, prune_factors
-from .data import DATASET_INFO, build_datasets, canonical_name
-from .distill import distill_loss, load_teacher
-from .evaluate import code_version, machine_description
-from .fsutil import (
+from sstorch.io.fsutil import (
     LOCK_NAME,
     atomic_write,
     atomic_write_text,
@@ -70,10 +59,21 @@ from .fsutil import (
     lock_dir,
     remove_stale_temps,
 )
-from .models import build_model
-from .separable import SeparableLinear
-from .summary import summary
-from .surgery import load_dense_
+from sstorch.layers.baselines import (
+    Hydra,
+    LowRankLinear,
+    TensorizedLinear,
+    init_from_dense_,
+    keep_schedule,
+    linear_layers,
+    prune_linear_,
+)
+from sstorch.layers.separable import SeparableLinear
+from sstorch.models import build_model
+from sstorch.structure.constraints import FactorRegularizer, layer_stats, prune_factors
+from sstorch.structure.summary import summary
+from sstorch.structure.surgery import load_dense_
+from sstorch.training.distill import distill_loss, load_teacher
 
 __all__ = ["RunDirError", "TrainingDiverged", "evaluate", "train"]
 
@@ -186,7 +186,8 @@ def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
     The attack is crafted on ``core`` (the unwrapped model: no DDP gradient sync for input
     gradients) in eval mode, so batch-norm statistics see only the training forward. ``scale``
     multiplies ε and the step size (the ε warm-up, :func:`eps_scale`). With a ``teacher``
-    (``distill.teacher``) the loss is robust distillation (:func:`sstorch.distill.distill_loss`).
+    (``distill.teacher``) the loss is robust distillation
+    (:func:`sstorch.training.distill.distill_loss`).
     """
     a = cfg.attack
     core = core if core is not None else model
@@ -321,9 +322,10 @@ def _init_from(model: nn.Module, target: str) -> str:
     ``.safetensors`` checkpoint into ``model``; the optimizer, epoch and RNG start afresh.
 
     A baseline model (``model.baseline``) can start from a dense run: each dense Linear weight is
-    decomposed into its layer (:func:`sstorch.baselines.init_from_dense_`); so can a separable
+    decomposed into its layer (:func:`sstorch.layers.baselines.init_from_dense_`); so can a
+    separable
     one, each layer getting the nearest Kronecker sum of its rank
-    (:func:`sstorch.surgery.load_dense_`). Returns a note for the log.
+    (:func:`sstorch.structure.surgery.load_dense_`). Returns a note for the log.
     """
     path = Path(target)
     if path.is_dir():
@@ -364,7 +366,8 @@ def _prune(model: nn.Module, p: PruneConfig, frac: float) -> None:
 
     Separable models: factor entries, linear in sparsity (:func:`prune_factors`). Dense models:
     the weights of every ``nn.Linear`` by global magnitude, geometric in the number of weights
-    kept (:func:`sstorch.baselines.keep_schedule`), down to ``keep`` or a ``target`` fraction of
+    kept (:func:`sstorch.layers.baselines.keep_schedule`), down to ``keep`` or a ``target``
+    fraction of
     zeros.
     """
     if any(isinstance(m, SeparableLinear) for m in model.modules()):
@@ -479,7 +482,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
     written, with that epoch's ``metrics.csv`` row; an exception it raises stops the run there
     (a hyperparameter search prunes a hopeless trial this way; ``--resume`` continues it).
 
-    The run directory is locked for the whole call (:func:`sstorch.fsutil.lock_dir`, released
+    The run directory is locked for the whole call (:func:`sstorch.io.fsutil.lock_dir`, released
     by the operating system if the process dies) and temporary files of interrupted writes are
     removed. A fresh run refuses a directory that already holds a run unless ``overwrite``,
     which deletes that run's files once the new run's data and model are ready. With
@@ -488,7 +491,7 @@ def train(cfg: Config, resume: str | Path | None = None, log=print,
 
     Raises:
         RunDirError: the directory holds another run, or its run cannot be resumed.
-        sstorch.fsutil.DirectoryBusy: another process trains or evaluates in the directory.
+        sstorch.io.fsutil.DirectoryBusy: another process trains or evaluates in the directory.
         CheckpointError: ``last.safetensors`` is damaged or does not fit the config.
     """
     if resume is not None and overwrite:

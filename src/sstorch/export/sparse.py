@@ -1,7 +1,8 @@
 r"""Sparse packing: a compact safetensors file for a (pruned) model's weights.
 
 Each parameter ``t`` (separable factors with their pruning masks applied) is stored in the
-cheaper of two encodings, exactly the accounting of :func:`sstorch.summary.sparse_tensor_bytes`:
+cheaper of two encodings, exactly the accounting of
+:func:`sstorch.structure.summary.sparse_tensor_bytes`:
 
 * **dense**: ``<name>`` as float32, ``4·numel`` bytes;
 * **bitmask**: ``<name>::bits``, the nonzero pattern packed 8 entries per byte (uint8,
@@ -14,7 +15,7 @@ to ``summary(model).bytes_sparse``. Buffers (normalization constants, batch-norm
 are stored dense under ``<name>`` and counted apart (``buffer_bytes``), as is the safetensors
 header (JSON with shapes, dtypes, offsets and the encoding of each tensor). Pruning masks are
 not stored: a pruned layer's ``mask_k`` is restored as the nonzero pattern of factor ``k``, a
-pruned ``nn.Linear``'s ``weight_mask`` (``sstorch.baselines``) as that of its weight
+pruned ``nn.Linear``'s ``weight_mask`` (``sstorch.layers.baselines``) as that of its weight
 (identical to the pruning mask unless a kept entry is exactly 0; the layer computes the same
 function either way).
 
@@ -39,9 +40,9 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from .fsutil import atomic_write, temp_beside
-from .separable import SeparableLinear
-from .summary import sparse_tensor_bytes
+from sstorch.io.fsutil import atomic_write, temp_beside
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.summary import sparse_tensor_bytes
 
 __all__ = ["PackReport", "pack_sparse", "packed_state", "temp_beside", "unpack_sparse"]
 
@@ -68,7 +69,8 @@ class PackReport:
 
 
 def _pruned_linears(model: nn.Module) -> list[str]:
-    """Names of the ``nn.Linear`` layers that carry a ``weight_mask`` (``sstorch.baselines``)."""
+    """Names of the ``nn.Linear`` layers that carry a ``weight_mask``
+    (``sstorch.layers.baselines``)."""
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and isinstance(getattr(m, "weight_mask", None), Tensor)]
 
@@ -131,7 +133,7 @@ def pack_sparse(model: nn.Module, path: str | os.PathLike) -> PackReport:
 
     Raises:
         FileNotFoundError: ``path``'s directory does not exist.
-        sstorch.fsutil.FileSystemError: the file cannot be written (read-only, disk full).
+        sstorch.io.fsutil.FileSystemError: the file cannot be written (read-only, disk full).
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -169,7 +171,7 @@ def unpack_sparse(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         meta = (f.metadata() or {}).get(_META_KEY)
         if meta is None:
             raise ValueError(f"{path} is not an sstorch sparse file (no {_META_KEY!r} metadata); "
-                             "write it with sstorch.packing.pack_sparse")
+                             "write it with sstorch.export.sparse.pack_sparse")
         doc = json.loads(meta)
         raw = {k: f.get_tensor(k) for k in f.keys()}
     own = model.state_dict()

@@ -2,7 +2,7 @@
 
 Croce & Hein, *Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks*, ICML 2020 (arXiv 2003.01690), Algorithm 1. Same contract as
-:mod:`sstorch.attacks`: ``attack(model, images, labels) -> adv_images`` with images in
+:mod:`sstorch.attacks.pgd`: ``attack(model, images, labels) -> adv_images`` with images in
 ``[0, 1]``, normalization inside the model, output detached, in the ε-ball and in ``[0, 1]``.
 The caller chooses the model's mode (evaluation uses ``model.eval()``).
 

@@ -17,7 +17,7 @@ and ``sweep.yaml``, the manifest::
       - {method: vgg16-sep, seeds: [0], reference: vgg16-dense, eval: {n: 1000}}
 
 ``init_from`` starts a row from another row's trained run of the same seed; ``teacher`` distils
-it from one (``distill.teacher``, :mod:`sstorch.distill`). A row may name its own
+it from one (``distill.teacher``, :mod:`sstorch.training.distill`). A row may name its own
 ``reference`` (its family's dense model: the compression column is that row's parameters over
 this row's nonzero ones) and override ``eval`` keys (e.g. a test-set prefix ``n`` for models
 whose full evaluation is unaffordable).
@@ -53,8 +53,8 @@ from typing import Any
 
 import yaml
 
-from .config import drift_text, yaml_load
-from .fsutil import atomic_write, atomic_write_text, expand_path
+from sstorch.config import drift_text, yaml_load
+from sstorch.io.fsutil import atomic_write, atomic_write_text, expand_path
 
 __all__ = ["Job", "Manifest", "collect", "load_manifest", "main_sweep", "run_job", "write_report"]
 
@@ -135,8 +135,8 @@ def record_drift(job: Job, rec: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """:func:`config_drift` for a record: its saved config against the row's config of now."""
     import tempfile
 
-    from .config import config_drift as drift
-    from .config import load_config
+    from sstorch.config import config_drift as drift
+    from sstorch.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "config.yaml"
@@ -330,8 +330,8 @@ def config_drift(job: Job) -> dict[str, tuple[Any, Any]]:
     (:func:`sstorch.config.config_drift`). A run whose config drifted is *stale*: its numbers
     belong to another recipe.
     """
-    from .config import config_drift as drift
-    from .config import load_config
+    from sstorch.config import config_drift as drift
+    from sstorch.config import load_config
 
     saved = job.run_dir / "config.yaml"
     if not saved.is_file():
@@ -341,9 +341,9 @@ def config_drift(job: Job) -> dict[str, tuple[Any, Any]]:
 
 def run_job(job: Job, m: Manifest, log: Callable[[str], None] = print) -> None:
     """Train (or resume) and evaluate one (method, seed); each stage is skipped once done."""
-    from .config import load_config
-    from .evaluate import evaluate_run
-    from .train import train
+    from sstorch.config import load_config
+    from sstorch.eval.run import evaluate_run
+    from sstorch.training.loop import train
 
     if drift := config_drift(job):
         raise ValueError(f"{job.run_dir} was trained with another config ({drift_text(drift)}); "
@@ -380,8 +380,8 @@ def fc_matrices(model: Any) -> list[tuple[str, Any]]:
     """
     from torch import nn
 
-    from .baselines import LowRankLinear, TensorizedLinear
-    from .separable import SeparableLinear
+    from sstorch.layers.baselines import LowRankLinear, TensorizedLinear
+    from sstorch.layers.separable import SeparableLinear
 
     out = []
     for name, mod in model.named_modules():
@@ -401,7 +401,7 @@ def log10_kappa_fc(run_dir: Path) -> float:
     """
     import torch
 
-    from .evaluate import load_run
+    from sstorch.eval.run import load_run
 
     _, model, _, _ = load_run(run_dir)
     total = 0.0
@@ -416,7 +416,7 @@ def log10_kappa_fc(run_dir: Path) -> float:
 
 def evaluation_progress(run_dir: Path) -> tuple[int, int] | None:
     """(batches, images) an unfinished evaluation of ``run_dir`` has journalled under its most
-    recent key (``eval.journal.jsonl``, see :func:`sstorch.evaluate.evaluate_attacks`), or None
+    recent key (``eval.journal.jsonl``, see :func:`sstorch.eval.run.evaluate_attacks`), or None
     without a journal. Lines of older keys (another checkpoint or evaluation code: a resumed
     evaluation would redo them), damaged lines and the per-attack lines of unfinished batches
     are not counted."""
@@ -451,7 +451,7 @@ def _training_end(run_dir: Path) -> dict[str, Any]:
     """How training ended, from ``metrics.csv`` and the best checkpoint's metadata: the last
     epoch's adversarial training loss and accuracy, and the epoch kept as ``best`` (highest
     validation robust accuracy) with its validation accuracies; blanks where a run lacks them."""
-    from .checkpoint import read_metadata
+    from sstorch.io.checkpoint import read_metadata
 
     with open(run_dir / "metrics.csv", newline="") as f:
         epochs = list(csv.DictReader(f))
@@ -475,10 +475,10 @@ def _training_end(run_dir: Path) -> dict[str, Any]:
 def _reference_params(m: Manifest, method: str | None = None) -> int:
     """Parameters of the dense model that ``method``'s compression is measured against: its
     row's ``reference``, else the manifest's."""
-    from .config import load_config
-    from .data import DATASET_INFO, canonical_name
-    from .models import build_model
-    from .summary import summary
+    from sstorch.config import load_config
+    from sstorch.data import DATASET_INFO, canonical_name
+    from sstorch.models import build_model
+    from sstorch.structure.summary import summary
 
     row = next((r for r in m.rows if r.method == method), None)
     reference = row.reference if row is not None and row.reference else m.reference
@@ -801,7 +801,7 @@ def _plots(summary_rows: Sequence[dict[str, Any]], figures: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import pareto_front
+    from sstorch.experiments.report import pareto_front
 
     figures.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -4,10 +4,11 @@ Croce & Hein, *Reliable evaluation of adversarial robustness with an ensemble of
 parameter-free attacks*, ICML 2020 (arXiv 2003.01690). The standard version runs, each attack
 only on the examples that every earlier one left classified correctly:
 
-1. APGD-CE — :class:`sstorch.apgd.APGD`, cross-entropy, 100 iterations, 1 restart;
-2. APGD-T — :class:`sstorch.apgd.APGDTargeted`, targeted DLR, 9 target classes, 100 iterations;
-3. FAB-T — ``sstorch.fab.FABTargeted``, 9 target classes, 100 iterations;
-4. Square — ``sstorch.square.Square``, 5000 queries, ``p_init = 0.8`` (gradient-free).
+1. APGD-CE — :class:`sstorch.attacks.apgd.APGD`, cross-entropy, 100 iterations, 1 restart;
+2. APGD-T — :class:`sstorch.attacks.apgd.APGDTargeted`, targeted DLR, 9 target classes, 100
+iterations;
+3. FAB-T — ``sstorch.attacks.fab.FABTargeted``, 9 target classes, 100 iterations;
+4. Square — ``sstorch.attacks.square.Square``, 5000 queries, ``p_init = 0.8`` (gradient-free).
 
 An example is *robust* iff it is classified correctly and survives all four: the robust accuracy
 is the fraction of such examples. FAB-T and Square are imported when the evaluation runs; one
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .apgd import APGD, NORMS, APGDTargeted
+from sstorch.attacks.apgd import APGD, NORMS, APGDTargeted
 
 __all__ = ["COMPONENTS", "STANDARD", "AutoAttack", "AutoAttackResult"]
 
@@ -37,12 +38,12 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
 #: name → (module, class, keyword arguments of the standard version)
 COMPONENTS: dict[str, tuple[str, str, dict[str, int | float | str]]] = {
-    "apgd-ce": ("sstorch.apgd", "APGD", {"n_iter": 100, "n_restarts": 1, "loss": "ce"}),
-    "apgd-dlr": ("sstorch.apgd", "APGD", {"n_iter": 100, "n_restarts": 1, "loss": "dlr"}),
-    "apgd-t": ("sstorch.apgd", "APGDTargeted",
+    "apgd-ce": ("sstorch.attacks.apgd", "APGD", {"n_iter": 100, "n_restarts": 1, "loss": "ce"}),
+    "apgd-dlr": ("sstorch.attacks.apgd", "APGD", {"n_iter": 100, "n_restarts": 1, "loss": "dlr"}),
+    "apgd-t": ("sstorch.attacks.apgd", "APGDTargeted",
                {"n_iter": 100, "n_restarts": 1, "n_target_classes": 9}),
-    "fab-t": ("sstorch.fab", "FABTargeted", {"n_iter": 100, "n_target_classes": 9}),
-    "square": ("sstorch.square", "Square", {"n_queries": 5000, "p_init": 0.8}),
+    "fab-t": ("sstorch.attacks.fab", "FABTargeted", {"n_iter": 100, "n_target_classes": 9}),
+    "square": ("sstorch.attacks.square", "Square", {"n_queries": 5000, "p_init": 0.8}),
 }
 
 # Slack for floating-point round-off in a component's ε-ball (x + ε − x ≠ ε in float32).
@@ -179,7 +180,7 @@ class AutoAttack:
     def component(self, name: str) -> Attack:
         """The attack ``name`` with this evaluation's settings (may raise ModuleNotFoundError)."""
         module, cls, kwargs = COMPONENTS[name]
-        if module == "sstorch.apgd":
+        if module == "sstorch.attacks.apgd":
             attack_cls: type = APGD if cls == "APGD" else APGDTargeted
         else:
             attack_cls = getattr(importlib.import_module(module), cls)

@@ -72,7 +72,7 @@ def mode_products(x: Tensor, factors: Sequence[Tensor], strategy: str = "auto") 
     materializing: their cost ``R Σ_k (Π_{j<k} m_j)(Π_{j≥k} n_j) m_k`` multiply-adds per
     example exceeds ``M N`` once R is large (R ≳ 15 for (28,28)→(32,32)); then ``auto`` picks
     ``dense`` when ``B·modes > 1.25 (B M N + R M N)``. Never while tracing or exporting (the
-    exported graph keeps the factors, see ``sstorch.export``).
+    exported graph keeps the factors, see ``sstorch.export.onnx``).
     """
     batch = x.shape[0]
     rank = factors[0].shape[0]

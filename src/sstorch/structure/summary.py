@@ -2,7 +2,8 @@
 
 ``summary(model)`` compares the model as it is (separable layers, pruned factors) with its
 *dense equivalent* (every ``SeparableLinear`` — and every baseline ``LowRankLinear`` /
-``TensorizedLinear`` of :mod:`sstorch.baselines` — replaced by the ``nn.Linear`` of the same map).
+``TensorizedLinear`` of :mod:`sstorch.layers.baselines` — replaced by the ``nn.Linear`` of the
+same map).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .baselines import LowRankLinear, TensorizedLinear
-from .separable import SeparableLinear
-from .surgery import probe_mode
+from sstorch.layers.baselines import LowRankLinear, TensorizedLinear
+from sstorch.layers.separable import SeparableLinear
+from sstorch.structure.surgery import probe_mode
 
 __all__ = ["LayerSummary", "ModelSummary", "sparse_tensor_bytes", "summary"]
 
@@ -127,7 +128,7 @@ class ModelSummary:
 
 def _effective_tensors(model: nn.Module) -> list[Tensor]:
     """Every parameter, with separable factors and pruned Linear weights (``weight_mask``,
-    :mod:`sstorch.baselines`) replaced by their masked versions."""
+    :mod:`sstorch.layers.baselines`) replaced by their masked versions."""
     out: list[Tensor] = []
     seen: set[int] = set()
     for mod in model.modules():
@@ -216,7 +217,7 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
         elif isinstance(mod, nn.Linear):
             params = sum(p.numel() for p in mod.parameters())
             nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
-            if getattr(mod, "weight_mask", None) is not None:  # pruned (sstorch.baselines)
+            if getattr(mod, "weight_mask", None) is not None:  # pruned (sstorch.layers.baselines)
                 nnz = int(torch.count_nonzero(mod.weight * mod.weight_mask)) + (
                     0 if mod.bias is None else int(torch.count_nonzero(mod.bias)))
             layers.append(LayerSummary(name, "linear", f"{mod.in_features} → {mod.out_features}",

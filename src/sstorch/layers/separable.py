@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .kronecker import kron_sum, mode_products, nearest_kronecker
+from sstorch.functional.kronecker import kron_sum, mode_products, nearest_kronecker
 
 __all__ = ["SeparableLinear"]
 
@@ -36,7 +36,8 @@ def _as_shape(shape: int | Sequence[int], what: str) -> tuple[int, ...]:
 
 
 # Pruned layers (SeparableLinear with mask_k buffers, pruned nn.Linear with a weight_mask, see
-# sstorch.baselines). Momentum, Adam moments and decoupled weight decay move masked entries even
+# sstorch.layers.baselines). Momentum, Adam moments and decoupled weight decay move masked entries
+# even
 # though their gradient is 0, so one global optimizer post-step hook puts the zeros back after
 # every step of every optimizer. Each tracked module maps to the function that re-zeroes it.
 _MASKED: weakref.WeakKeyDictionary[nn.Module, Callable[[nn.Module], None]] = (
@@ -251,7 +252,8 @@ class SeparableLinear(nn.Module):
     ) -> SeparableLinear:
         """Best Kronecker-structured approximation of a (trained) ``nn.Linear``.
 
-        Uses :func:`sstorch.kronecker.nearest_kronecker` (Van Loan–Pitsianis rearrangement +
+        Uses :func:`sstorch.functional.kronecker.nearest_kronecker` (Van Loan–Pitsianis
+        rearrangement +
         truncated SVD for K = 2, CP-ALS for K > 2). Exact when W is an exact Kronecker (sum).
         The relative Frobenius error ``‖W − Ŵ‖_F / ‖W‖_F`` is stored in ``approx_error``.
         ``flatten`` defaults to True so the result is a drop-in replacement for ``linear``.

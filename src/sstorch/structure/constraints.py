@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .kronecker import kron
-from .separable import SeparableLinear, track_masked, untrack_masked
+from sstorch.functional.kronecker import kron
+from sstorch.layers.separable import SeparableLinear, track_masked, untrack_masked
 
 __all__ = [
     "CONDITION_SURROGATES",

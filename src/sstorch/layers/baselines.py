@@ -15,7 +15,8 @@ These are the other ways of spending the same budget that it is compared with (i
   ``W[(i_1..i_K), (j_1..j_K)] = G_1[i_1, j_1] G_2[i_2, j_2] ⋯ G_K[i_K, j_K]`` with cores
   ``G_k (r_{k-1} × m_k × n_k × r_k)``, ``r_0 = r_K = 1``; params ``Σ r_{k-1} m_k n_k r_k``.
   With K = 2 modes a TT-matrix of rank r is a sum of r Kronecker products
-  ``Σ_α G_1[:, :, α] ⊗ G_2[α]``, i.e. exactly a :class:`~sstorch.separable.SeparableLinear` of
+  ``Σ_α G_1[:, :, α] ⊗ G_2[α]``, i.e. exactly a :class:`~sstorch.layers.separable.SeparableLinear`
+  of
   Kronecker rank r (without the paper's constraints).
 * :func:`prune_linear_` — unstructured magnitude pruning of ``nn.Linear`` weights (Han et al.
   2015, "Learning both Weights and Connections for Efficient Neural Networks") with persistent
@@ -26,7 +27,7 @@ These are the other ways of spending the same budget that it is compared with (i
 
 Masks of pruned Linear layers are ``weight_mask`` buffers (so they are in ``state_dict`` and in
 checkpoints); the masked weights are set to exactly 0 and kept there after every optimizer step
-by the global post-step hook of :mod:`sstorch.separable`, so momentum and weight decay cannot
+by the global post-step hook of :mod:`sstorch.layers.separable`, so momentum and weight decay cannot
 revive them. :func:`sync_linear_masks_` recreates the buffers when a pruned checkpoint is loaded
 into a freshly built model (``ImageClassifier`` calls it).
 
@@ -47,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .separable import track_masked, untrack_masked
+from sstorch.layers.separable import track_masked, untrack_masked
 
 __all__ = [
     "BASELINES",
@@ -83,7 +84,8 @@ class LowRankLinear(nn.Module):
     r"""Rank-r dense layer ``y = A (B x) + b``, i.e. ``W = A B`` with ``A (m×r)``, ``B (r×n)``.
 
     The same map as ``nn.Linear(n, r, bias=False)`` followed by ``nn.Linear(r, m)``, kept as one
-    module so that accounting (:func:`sstorch.summary`) sees one layer with its dense equivalent.
+    module so that accounting (:func:`sstorch.structure.summary`) sees one layer with its dense
+    equivalent.
     Parameters ``r(m + n)`` (+ ``m`` bias) instead of ``mn``; MACs ``r(m + n)`` per vector.
 
     Spectral init (Khodak et al. 2021, "Initialization and Regularization of Factorized Neural

@@ -39,7 +39,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
-from .fsutil import FileSystemError, atomic_write, atomic_write_text, expand_path, fs_errors
+from sstorch.io.fsutil import (
+    FileSystemError,
+    atomic_write,
+    atomic_write_text,
+    expand_path,
+    fs_errors,
+)
 
 __all__ = ["Run", "load_run", "main_report", "pareto_front", "render_markdown", "write_report"]
 

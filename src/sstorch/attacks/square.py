@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attacks import cw_margin_loss
+from sstorch.attacks.pgd import cw_margin_loss
 
 __all__ = ["Square"]
 

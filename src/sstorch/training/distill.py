@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attacks import PGD, kl_adversary
-from .config import ConfigError, DistillConfig
+from sstorch.attacks.pgd import PGD, kl_adversary
+from sstorch.config import ConfigError, DistillConfig
 
 __all__ = ["distill_loss", "load_teacher"]
 
@@ -41,8 +41,8 @@ def load_teacher(target: str | Path, device: torch.device, num_classes: int,
     Raises :class:`ConfigError` naming ``distill.teacher`` when the path holds no trained run or
     its model does not classify the student's images into the student's classes.
     """
-    from .checkpoint import CheckpointError
-    from .evaluate import load_run
+    from sstorch.eval.run import load_run
+    from sstorch.io.checkpoint import CheckpointError
 
     try:
         _, teacher, ckpt, _ = load_run(target, device)
@@ -73,7 +73,7 @@ def distill_loss(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
 
     ``core`` is the unwrapped student (no DDP gradient sync while crafting ``x'``); the
     adversary runs with the student in eval mode and the loss in train mode, as in
-    :func:`sstorch.train._adv_loss`.
+    :func:`sstorch.training.loop._adv_loss`.
     """
     core = core if core is not None else student
     with torch.no_grad():

@@ -1,0 +1,2 @@
+"""Deployment: ONNX export with parity checks (:mod:`~sstorch.export.onnx`) and packed sparse
+weights (:mod:`~sstorch.export.sparse`)."""
