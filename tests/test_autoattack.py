@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from digits_models import fgsm_trained, held_out, undefended
 from sstorch.attacks.apgd import APGD
 from sstorch.attacks.autoattack import STANDARD, AutoAttack, AutoAttackResult
-from sstorch.attacks.pgd import autoattack
+from sstorch.attacks import autoattack
 from sstorch.attacks.registry import make_attack
 
 EPS = 0.15

@@ -16,7 +16,7 @@ from sstorch.cli import main
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO
 from sstorch.export.onnx import ExportError, export_onnx, onnx_session
-from sstorch.export.onnx import onnx as export_mod
+from sstorch.export import onnx as export_mod
 from sstorch.io.checkpoint import save_checkpoint
 from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
