@@ -25,17 +25,13 @@ from sstorch.data import DATASET_INFO
 from sstorch.eval.run import _frozen, lipschitz_bound, load_run
 from sstorch.functional.kronecker import kron
 from sstorch.io.checkpoint import load_checkpoint, save_checkpoint
-from sstorch.layers.baselines import (
-    Hydra,
-    LowRankLinear,
-    TensorizedLinear,
-    init_from_dense_,
-    keep_schedule,
-    prune_linear_,
-    remove_linear_masks_,
-    sparse_inference,
-)
+from sstorch.layers.lowrank import LowRankLinear
+from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model
+from sstorch.pruning.hydra import Hydra
+from sstorch.pruning.magnitude import keep_schedule, prune_linear_, remove_linear_masks_
+from sstorch.pruning.sparse import sparse_inference
+from sstorch.structure.init import load_dense_state
 from sstorch.structure.summary import summary
 from sstorch.training.loop import _init_from, train
 
@@ -523,15 +519,15 @@ def test_init_from_dense_names_what_does_not_fit():
     model = nn.Sequential(nn.Flatten(), LowRankLinear(12, 6, rank=2), nn.ReLU(), nn.Linear(6, 3))
     good = {"1.weight": torch.randn(6, 12), "1.bias": torch.randn(6),
             "3.weight": torch.randn(3, 6), "3.bias": torch.randn(3)}
-    errors = init_from_dense_(model, good)
+    errors = load_dense_state(model, good)
     assert list(errors) == ["1"] and 0 < errors["1"] < 1
     torch.testing.assert_close(model[3].weight, good["3.weight"])
     with pytest.raises(ValueError, match=r"1: a dense weight .* must be \(6, 12\)"):
-        init_from_dense_(model, {**good, "1.weight": torch.randn(6, 10)})
+        load_dense_state(model, {**good, "1.weight": torch.randn(6, 10)})
     with pytest.raises(ValueError, match=r"missing 3\.bias"):
-        init_from_dense_(model, {k: v for k, v in good.items() if k != "3.bias"})
+        load_dense_state(model, {k: v for k, v in good.items() if k != "3.bias"})
     with pytest.raises(ValueError, match=r"unexpected 5\.weight"):
-        init_from_dense_(model, {**good, "5.weight": torch.randn(2)})
+        load_dense_state(model, {**good, "5.weight": torch.randn(2)})
 
 
 # --------------------------------------------------------------------------- config
@@ -595,7 +591,7 @@ def test_a_separable_model_starts_from_a_dense_run_by_nearest_kronecker(tmp_path
                                                                           rank):
     """Compress-then-fine-tune: each separable layer gets the best rank-R Kronecker sum of the
     dense weight (Van Loan–Pitsianis + SVD), biases and everything else copied."""
-    from sstorch.functional.kronecker import nearest_kronecker
+    from sstorch.functional.nearest import nearest_kronecker
 
     sets = _digits(tmp_path, f"sep{rank}", model__separable="true", model__rank=rank)
     cfg = load_config(None, sets)

@@ -12,20 +12,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sstorch.functional.kronecker import kron
-from sstorch.layers.separable import SeparableLinear
-from sstorch.structure.constraints import (
+from sstorch.functional.penalties import (
     CONDITION_SURROGATES,
     SPARSITY_PENALTIES,
-    FactorRegularizer,
-    apply_masks_,
     l1_penalty,
-    layer_stats,
     log_condition,
     logdet_condition,
-    prune_factors,
-    remove_masks_,
     transformed_l1,
 )
+from sstorch.layers.separable import SeparableLinear
+from sstorch.pruning.factor import apply_masks_, prune_factors, remove_masks_
+from sstorch.structure.constraints import FactorRegularizer
+from sstorch.structure.stats import layer_stats
 
 SURROGATES = [log_condition, logdet_condition]
 F64 = torch.float64

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from kron_reference import F64, explicit_dense, random_factors, vlp_optimal_error
-from sstorch.functional.kronecker import kron, kron_sum, mode_products, nearest_kronecker
+from sstorch.functional.kronecker import kron, kron_sum, mode_products
+from sstorch.functional.nearest import nearest_kronecker
 
 pytestmark = pytest.mark.usefixtures("seeded")  # the global RNG at seed 0 for every test
 

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from sstorch.layers.base import StructuredLinear, structured_layers
 from sstorch.layers.separable import SeparableLinear
 
-__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "load_dense_", "plan_shapes",
+__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "plan_shapes",
            "probe_mode", "separate"]
 
 
@@ -352,86 +353,16 @@ def separate(
     return model
 
 
-class _DenseModes(nn.Sequential):
-    """``nn.Linear`` wrapped to take ``(*batch, *in_shape)`` and return ``(*batch, *out_shape)``."""
-
-    def __init__(self, linear: nn.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
-        super().__init__(nn.Flatten(-len(in_shape)), linear, nn.Unflatten(-1, out_shape))
-
-
 def densify(model: nn.Module) -> nn.Module:
-    """Inverse of :func:`separate`: every ``SeparableLinear`` becomes its dense equivalent.
+    """Inverse of :func:`separate`: every :class:`StructuredLinear` becomes its dense equivalent.
 
-    A ``flatten=True`` layer becomes a plain ``nn.Linear(N, M)`` with ``weight = to_dense()``;
-    a shape-preserving one becomes ``Flatten → Linear → Unflatten``. Pruning masks are applied.
-    Works in place and returns the model (a bare ``SeparableLinear`` returns its replacement).
+    A flat layer becomes a plain ``nn.Linear(N, M)`` with ``weight = to_dense()``; a
+    shape-preserving ``SeparableLinear`` becomes ``Flatten → Linear → Unflatten``
+    (``layer.to_linear()``). Pruning masks are applied. Works in place and returns the model (a
+    bare structured layer returns its replacement).
     """
-
-    def convert(sep: SeparableLinear) -> nn.Module:
-        w = sep.to_dense().detach()
-        lin = nn.Linear(sep.in_features, sep.out_features, bias=sep.bias is not None,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if sep.bias is not None:
-                lin.bias.copy_(sep.bias)
-        lin.train(sep.training)
-        return lin if sep.flatten else _DenseModes(lin, sep.in_shape, sep.out_shape)
-
-    if isinstance(model, SeparableLinear):
-        return convert(model)
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, SeparableLinear)]
-    for name, sep in targets:
-        _set_submodule(model, name, convert(sep))
+    if isinstance(model, StructuredLinear):
+        return model.to_linear()
+    for name, layer in structured_layers(model):
+        _set_submodule(model, name, layer.to_linear())
     return model
-
-
-def load_dense_(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, float]:
-    """Initialize a separable ``model`` from the ``state_dict`` of its **dense** counterpart.
-
-    Every :class:`SeparableLinear` named ``name`` whose dense ``name.weight`` ``(M, N)`` is in
-    ``state_dict`` gets the nearest Kronecker sum of its rank,
-    ``argmin ‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F``
-    (:func:`sstorch.functional.kronecker.nearest_kronecker`),
-    and the dense bias; every other entry (normalization, the dense layers left) must match the
-    model exactly. Compress-then-fine-tune: train the result adversarially afterwards.
-
-    Returns:
-        ``{layer name: relative Frobenius error ‖W − Ŵ‖_F / ‖W‖_F}``.
-
-    Raises:
-        ValueError: a dense weight of the wrong size, or keys missing from / unknown to
-        ``model``.
-    """
-    from sstorch.functional.kronecker import nearest_kronecker
-
-    state = dict(state_dict)
-    errors: dict[str, float] = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, SeparableLinear) or f"{name}.weight" not in state:
-            continue
-        w = state.pop(f"{name}.weight")
-        bias = state.pop(f"{name}.bias", None)
-        if tuple(w.shape) != (layer.out_features, layer.in_features):
-            raise ValueError(f"{name}: dense weight {tuple(w.shape)} does not fit the separable "
-                             f"layer's {layer.out_features}×{layer.in_features}")
-        factors, err = nearest_kronecker(w.to(torch.float64), layer.in_shape, layer.out_shape,
-                                         rank=layer.rank)
-        with torch.no_grad():
-            for p, f in zip(layer.factors, factors, strict=True):
-                p.copy_(f.to(p.dtype))
-            if bias is not None and layer.bias is not None:
-                layer.bias.copy_(bias.reshape(layer.bias.shape))
-        errors[name] = float(err)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(" ".join(str(exc).split())) from exc
-    missing = [k for k in result.missing_keys
-               if not any(k.startswith(f"{n}.") for n in errors)]
-    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}"
-                                                    for k in result.unexpected_keys]
-    if problems:
-        raise ValueError(f"{len(problems)} keys do not match the model: "
-                         f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}")
-    return errors
