@@ -101,7 +101,7 @@ class StructuredLinear(nn.Module, metaclass=abc.ABCMeta):
 
         The default is ``‖W‖₂`` itself, the largest singular value of :meth:`to_dense` in fp64.
         """
-        return float(torch.linalg.matrix_norm(self.to_dense().double(), ord=2))
+        return float(torch.linalg.matrix_norm(self.to_dense().detach().double(), ord=2))
 
 
 _L = TypeVar("_L", bound=nn.Module)
