@@ -297,9 +297,7 @@ def separate(
                          "select; add them to include or drop them from shapes")
     # Some torch modules read their Linears' .weight directly (fused fast paths); those
     # Linears cannot be swapped. timm's ViT blocks and plain nn.Linear users are fine.
-    mha_owned = {f"{n}.{child}" if n else child for n, m in model.named_modules()
-                 for kind, children in _OPAQUE_LINEARS.items() if isinstance(m, kind)
-                 for child in children}
+    mha_owned = _opaque_linear_names(model)
     replacements: list[tuple[str, nn.Module]] = []  # plan everything first: all or nothing
     for name in [n for n in names if n in chosen]:
         lin = linears[name]
@@ -311,46 +309,69 @@ def separate(
                 raise ValueError(msg)
             warnings.warn(f"sstorch.separate: skipping {msg}", stacklevel=2)
             continue
-        spec = shapes.get(name)
-        if spec is not None:
-            in_shape, out_shape = tuple(spec[0]), tuple(spec[1])
-            r = int(spec[2]) if len(spec) > 2 else (rank or 1)
-        else:
-            fmap = feature_maps.get(name)
-            fixed = tuple(d for d in fmap if d > 1) if fmap is not None else None
-            if fixed is not None and len(fixed) < 2:
-                fixed = None  # e.g. a (512, 1, 1) map: a single mode, factorize freely
-            budget = max_params
-            if compression is not None:
-                n_bias = lin.out_features if lin.bias is not None else 0
-                budget = int((lin.weight.numel() + n_bias) / compression) - n_bias
-                if budget < 1:
-                    raise ValueError(f"compression {compression} leaves no parameters for "
-                                     f"{name} ({lin.in_features} → {lin.out_features})")
-            try:
-                plan = plan_shapes(lin.in_features, lin.out_features, in_shape=fixed,
-                                   max_params=budget, rank=rank, n_modes=n_modes)
-            except ValueError as exc:
-                if name not in include:  # matched by a wildcard: skip it, loudly
-                    warnings.warn(f"sstorch.separate: skipping {name}: {exc}", stacklevel=2)
-                    continue
-                raise
-            in_shape, out_shape, r = plan.in_shape, plan.out_shape, plan.rank
-        if init == "from_dense":
-            new = SeparableLinear.from_linear(lin, in_shape, out_shape, rank=r, flatten=True)
-        else:
-            if math.prod(in_shape) != lin.in_features or math.prod(out_shape) != lin.out_features:
-                raise ValueError(
-                    f"shapes for {name}: {tuple(in_shape)} → {tuple(out_shape)} do not match "
-                    f"the Linear's {lin.in_features} → {lin.out_features}"
-                )
-            new = SeparableLinear(in_shape, out_shape, bias=lin.bias is not None, rank=r,
-                                  flatten=True, device=lin.weight.device, dtype=lin.weight.dtype)
+        planned = _plan_layer(name, lin, shapes.get(name), feature_maps.get(name), include,
+                              compression=compression, max_params=max_params, rank=rank,
+                              n_modes=n_modes)
+        if planned is None:
+            continue
+        new = _build_layer(name, lin, *planned, init=init)
         new.train(lin.training)
         replacements.append((name, new))
     for name, new in replacements:
         _set_submodule(model, name, new)
     return model
+
+
+def _opaque_linear_names(model: nn.Module) -> set[str]:
+    """Names of the Linears owned by torch modules whose forward reads their weight directly."""
+    return {f"{n}.{child}" if n else child for n, m in model.named_modules()
+            for kind, children in _OPAQUE_LINEARS.items() if isinstance(m, kind)
+            for child in children}
+
+
+def _plan_layer(name: str, lin: nn.Linear, spec: ShapeSpec | None,
+                fmap: tuple[int, ...] | None, include: Sequence[str], *,
+                compression: float | None, max_params: int | None, rank: int | None,
+                n_modes: int | None) -> tuple[tuple[int, ...], tuple[int, ...], int] | None:
+    """``(in_shape, out_shape, rank)`` for one Linear: the user's ``spec``, else the planner's
+    (at the budget ``(mn + m) / compression − m`` or ``max_params``). ``None``: a layer matched
+    by a wildcard that cannot be planned is skipped with a warning."""
+    if spec is not None:
+        return tuple(spec[0]), tuple(spec[1]), int(spec[2]) if len(spec) > 2 else (rank or 1)
+    fixed = tuple(d for d in fmap if d > 1) if fmap is not None else None
+    if fixed is not None and len(fixed) < 2:
+        fixed = None  # e.g. a (512, 1, 1) map: a single mode, factorize freely
+    budget = max_params
+    if compression is not None:
+        n_bias = lin.out_features if lin.bias is not None else 0
+        budget = int((lin.weight.numel() + n_bias) / compression) - n_bias
+        if budget < 1:
+            raise ValueError(f"compression {compression} leaves no parameters for "
+                             f"{name} ({lin.in_features} → {lin.out_features})")
+    try:
+        plan = plan_shapes(lin.in_features, lin.out_features, in_shape=fixed,
+                           max_params=budget, rank=rank, n_modes=n_modes)
+    except ValueError as exc:
+        if name not in include:  # matched by a wildcard: skip it, loudly
+            warnings.warn(f"sstorch.separate: skipping {name}: {exc}", stacklevel=3)
+            return None
+        raise
+    return plan.in_shape, plan.out_shape, plan.rank
+
+
+def _build_layer(name: str, lin: nn.Linear, in_shape: Sequence[int], out_shape: Sequence[int],
+                 r: int, *, init: str) -> SeparableLinear:
+    """The ``SeparableLinear`` replacing ``lin``: fresh (``init="random"``) or the nearest
+    Kronecker sum of its weight (``init="from_dense"``)."""
+    if init == "from_dense":
+        return SeparableLinear.from_linear(lin, in_shape, out_shape, rank=r, flatten=True)
+    if math.prod(in_shape) != lin.in_features or math.prod(out_shape) != lin.out_features:
+        raise ValueError(
+            f"shapes for {name}: {tuple(in_shape)} → {tuple(out_shape)} do not match "
+            f"the Linear's {lin.in_features} → {lin.out_features}"
+        )
+    return SeparableLinear(in_shape, out_shape, bias=lin.bias is not None, rank=r,
+                           flatten=True, device=lin.weight.device, dtype=lin.weight.dtype)
 
 
 def densify(model: nn.Module) -> nn.Module:
