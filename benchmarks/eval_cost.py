@@ -35,8 +35,9 @@ from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, canonical_name
 from sstorch.eval.run import _frozen
 from sstorch.experiments.bench import cpu_seconds, machine_info, time_interleaved
-from sstorch.layers.baselines import TensorizedLinear, prune_linear_
+from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model
+from sstorch.pruning.magnitude import prune_linear_
 from sstorch.structure.summary import summary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,10 +50,10 @@ from sstorch.experiments.sweep import load_manifest
 from sstorch.export.onnx import export_onnx, onnx_session
 from sstorch.export.sparse import pack_sparse
 from sstorch.io.fsutil import atomic_write
-from sstorch.layers.baselines import linear_layers, prune_linear_
 from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.structure.constraints import prune_factors
+from sstorch.pruning.factor import prune_factors
+from sstorch.pruning.magnitude import linear_layers, prune_linear_
 from sstorch.structure.summary import summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

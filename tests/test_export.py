@@ -15,12 +15,12 @@ import yaml
 from sstorch.cli import main
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO
-from sstorch.export.onnx import ExportError, export_onnx, onnx_session
 from sstorch.export import onnx as export_mod
+from sstorch.export.onnx import ExportError, export_onnx, onnx_session
 from sstorch.io.checkpoint import save_checkpoint
 from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.structure.constraints import prune_factors
+from sstorch.pruning.factor import prune_factors
 from sstorch.structure.summary import summary
 
 onnx = pytest.importorskip("onnx")

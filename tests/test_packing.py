@@ -13,7 +13,7 @@ from sstorch.data import DATASET_INFO
 from sstorch.export.sparse import pack_sparse, unpack_sparse
 from sstorch.layers.separable import SeparableLinear
 from sstorch.models import build_model
-from sstorch.structure.constraints import prune_factors
+from sstorch.pruning.factor import prune_factors
 from sstorch.structure.summary import summary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -95,7 +95,7 @@ def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
     holds
     each pruned weight as bitmask + values and no mask, so it is far smaller than the dense
     weights; unpacking into a fresh model restores the weights, the masks and the function."""
-    from sstorch.layers.baselines import prune_linear_
+    from sstorch.pruning.magnitude import prune_linear_
 
     torch.manual_seed(0)
     model = _mlp("model.separable=false", "constraints.lambda_sparsity=0",

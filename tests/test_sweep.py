@@ -281,7 +281,7 @@ def test_fc_matrices_cover_every_kind_of_fc_layer():
     from torch import nn
 
     from sstorch.experiments.sweep import fc_matrices
-    from sstorch.layers.baselines import LowRankLinear
+    from sstorch.layers.lowrank import LowRankLinear
     from sstorch.layers.separable import SeparableLinear
 
     model = nn.Sequential(nn.Flatten(), SeparableLinear((2, 3), (4, 2), flatten=True),

@@ -10,14 +10,11 @@ stats.
 * :mod:`sstorch.structure.summary` — parameter, nnz, MAC and byte accounting.
 """
 
+from sstorch.functional.penalties import log_condition, logdet_condition
 from sstorch.layers.separable import SeparableLinear
-from sstorch.structure.constraints import (
-    FactorRegularizer,
-    layer_stats,
-    log_condition,
-    logdet_condition,
-    prune_factors,
-)
+from sstorch.pruning.factor import prune_factors
+from sstorch.structure.constraints import FactorRegularizer
+from sstorch.structure.stats import layer_stats
 from sstorch.structure.summary import summary
 from sstorch.structure.surgery import densify, separate
 

@@ -14,8 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from sstorch.config import ConfigError, ModelConfig
-from sstorch.layers.baselines import apply_linear_masks_, factorize_mlp, sync_linear_masks_
 from sstorch.layers.separable import SeparableLinear
+from sstorch.pruning.magnitude import apply_linear_masks_, sync_linear_masks_
+from sstorch.structure.init import factorize_mlp
 from sstorch.structure.surgery import plan_shapes, separate
 
 __all__ = ["MODELS", "ImageClassifier", "Normalize", "build_model"]

@@ -60,10 +60,12 @@ from sstorch.io.fsutil import (
     lock_dir,
     remove_stale_temps,
 )
-from sstorch.layers.baselines import LowRankLinear, TensorizedLinear, sparse_inference
+from sstorch.layers.lowrank import LowRankLinear
 from sstorch.layers.separable import SeparableLinear
+from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import ImageClassifier, Normalize
-from sstorch.structure.constraints import layer_stats
+from sstorch.pruning.sparse import sparse_inference
+from sstorch.structure.stats import layer_stats
 
 __all__ = [
     "DEFAULT_ATTACKS", "LARGE_EPS", "SanityCheck", "certify", "default_sweep",

@@ -380,8 +380,9 @@ def fc_matrices(model: Any) -> list[tuple[str, Any]]:
     """
     from torch import nn
 
-    from sstorch.layers.baselines import LowRankLinear, TensorizedLinear
+    from sstorch.layers.lowrank import LowRankLinear
     from sstorch.layers.separable import SeparableLinear
+    from sstorch.layers.tensorized import TensorizedLinear
 
     out = []
     for name, mod in model.named_modules():

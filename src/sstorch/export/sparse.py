@@ -15,7 +15,7 @@ to ``summary(model).bytes_sparse``. Buffers (normalization constants, batch-norm
 are stored dense under ``<name>`` and counted apart (``buffer_bytes``), as is the safetensors
 header (JSON with shapes, dtypes, offsets and the encoding of each tensor). Pruning masks are
 not stored: a pruned layer's ``mask_k`` is restored as the nonzero pattern of factor ``k``, a
-pruned ``nn.Linear``'s ``weight_mask`` (``sstorch.layers.baselines``) as that of its weight
+pruned ``nn.Linear``'s ``weight_mask`` (``sstorch.pruning.magnitude``) as that of its weight
 (identical to the pruning mask unless a kept entry is exactly 0; the layer computes the same
 function either way).
 
@@ -41,7 +41,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from sstorch.io.fsutil import atomic_write, temp_beside
-from sstorch.layers.separable import SeparableLinear
+from sstorch.layers.base import StructuredLinear
 from sstorch.structure.summary import sparse_tensor_bytes
 
 __all__ = ["PackReport", "pack_sparse", "packed_state", "temp_beside", "unpack_sparse"]
@@ -70,7 +70,7 @@ class PackReport:
 
 def _pruned_linears(model: nn.Module) -> list[str]:
     """Names of the ``nn.Linear`` layers that carry a ``weight_mask``
-    (``sstorch.layers.baselines``)."""
+    (``sstorch.pruning.magnitude``)."""
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and isinstance(getattr(m, "weight_mask", None), Tensor)]
 
@@ -86,10 +86,11 @@ def _named_parameters(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, li
         prefix = f"{lname}." if lname else ""
         effective[f"{prefix}weight"] = layer.weight * layer.weight_mask
     for lname, mod in model.named_modules():
-        if isinstance(mod, SeparableLinear):
+        if isinstance(mod, StructuredLinear):
             prefix = f"{lname}." if lname else ""
-            for k, eff in enumerate(mod.effective_factors()):
-                effective[f"{prefix}factors.{k}"] = eff
+            names = {id(p): n for n, p in mod.named_parameters()}
+            for p, value in mod.effective_tensors():
+                effective[f"{prefix}{names[id(p)]}"] = value
             if mod.masks():
                 masked[lname] = [k for k, _ in mod.masks()]
     for name, p in model.named_parameters():  # named_parameters skips tied duplicates

@@ -11,12 +11,15 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from sstorch.functional.kronecker import kron_sum, mode_products, nearest_kronecker
+from sstorch.functional.kronecker import kron_sum, mode_products
+from sstorch.functional.nearest import nearest_kronecker
+from sstorch.layers.base import StructuredLinear
 
 __all__ = ["SeparableLinear"]
 
@@ -69,7 +72,18 @@ def untrack_masked(layer: nn.Module) -> None:
     _MASKED.pop(layer, None)
 
 
-class SeparableLinear(nn.Module):
+def _spectral_norm(u: Tensor) -> float:
+    return float(torch.linalg.matrix_norm(u.detach().to(torch.float64), ord=2))
+
+
+class _DenseModes(nn.Sequential):
+    """``nn.Linear`` wrapped to take ``(*batch, *in_shape)`` and return ``(*batch, *out_shape)``."""
+
+    def __init__(self, linear: nn.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
+        super().__init__(nn.Flatten(-len(in_shape)), linear, nn.Unflatten(-1, out_shape))
+
+
+class SeparableLinear(StructuredLinear):
     r"""Separable structured linear layer ``Y = Σ_r X ×1 U_1[r] ×2 U_2[r] … ×K U_K[r] + b``.
 
     The dense equivalent is ``W = Σ_r U_1[r] ⊗ U_2[r] ⊗ … ⊗ U_K[r]`` (row-major vec, i.e.
@@ -100,6 +114,8 @@ class SeparableLinear(nn.Module):
         >>> layer(torch.randn(8, 28, 28)).shape
         torch.Size([8, 32, 32])
     """
+
+    kind: ClassVar[str] = "separable"
 
     def __init__(
         self,
@@ -203,22 +219,53 @@ class SeparableLinear(nn.Module):
         """Equivalent dense weight ``W (Π m_k, Π n_k) = Σ_r U_1[r] ⊗ … ⊗ U_K[r]``."""
         return kron_sum(self.effective_factors())
 
-    @property
-    def n_params(self) -> int:
-        """Stored parameters: ``R Σ m_k n_k`` (+ bias)."""
-        return sum(p.numel() for p in self.parameters())
+    def effective_tensors(self) -> list[tuple[Tensor, Tensor]]:
+        """``(U_k, U_k ⊙ mask_k)`` for every factor, then ``(b, b)``."""
+        pairs = list(zip(self.factors, self.effective_factors(), strict=True))
+        return pairs + ([(self.bias, self.bias)] if self.bias is not None else [])
 
-    @property
-    def dense_params(self) -> int:
-        """Parameters of the equivalent ``nn.Linear``: ``Π m_k n_k`` (+ bias)."""
-        return self.in_features * self.out_features + (
-            self.out_features if self.bias is not None else 0
-        )
+    def shape_text(self) -> str:
+        """``n_1×…×n_K → m_1×…×m_K``, with `` (rank R)`` when R > 1."""
+        return (f"{'×'.join(map(str, self.in_shape))} → {'×'.join(map(str, self.out_shape))}"
+                + (f" (rank {self.rank})" if self.rank > 1 else ""))
 
-    @property
-    def compression(self) -> float:
-        """``dense_params / n_params``."""
-        return self.dense_params / self.n_params
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        r"""``Σ_r Π_k ‖U_k[r]‖₂`` (masks applied), computed in fp64.
+
+        For R = 1 this is ``Π_k ‖U_k‖₂ = ‖W‖₂`` exactly (the singular values of ``A ⊗ B`` are
+        the products ``σ_i(A) σ_j(B)``); for R > 1 an upper bound on ``‖W‖₂`` by the triangle
+        inequality.
+        """
+        factors = [u.detach() for u in self.effective_factors()]
+        if self.rank == 1:
+            return math.prod(_spectral_norm(u[0]) for u in factors)
+        return sum(math.prod(_spectral_norm(u[r]) for u in factors) for r in range(self.rank))
+
+    @torch.no_grad()
+    def load_dense_(self, weight: Tensor, bias: Tensor | None = None) -> float:
+        """Set the factors to the nearest Kronecker sum of a dense ``(M, N)`` weight, in fp64
+        (:func:`~sstorch.functional.nearest.nearest_kronecker`); copy ``bias`` if given.
+
+        Returns:
+            the relative error ``‖W − Ŵ‖_F / ‖W‖_F``.
+        """
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"dense weight {tuple(weight.shape)} does not fit the separable "
+                             f"layer's {self.out_features}×{self.in_features}")
+        factors, err = nearest_kronecker(weight.to(torch.float64), self.in_shape,
+                                         self.out_shape, rank=self.rank)
+        for p, f in zip(self.factors, factors, strict=True):
+            p.copy_(f.to(p.dtype))
+        if bias is not None and self.bias is not None:
+            self.bias.copy_(bias.reshape(self.bias.shape))
+        return float(err)
+
+    def to_linear(self) -> nn.Module:
+        """The equivalent ``nn.Linear`` (masks applied); wrapped in ``Flatten → Linear →
+        Unflatten`` when the layer keeps its modes (``flatten=False``)."""
+        lin = super().to_linear()
+        return lin if self.flatten else _DenseModes(lin, self.in_shape, self.out_shape)
 
     def macs_per_example(self) -> int:
         """Multiply-accumulates of one forward pass per example (one token)."""
@@ -252,7 +299,7 @@ class SeparableLinear(nn.Module):
     ) -> SeparableLinear:
         """Best Kronecker-structured approximation of a (trained) ``nn.Linear``.
 
-        Uses :func:`sstorch.functional.kronecker.nearest_kronecker` (Van Loan–Pitsianis
+        Uses :func:`sstorch.functional.nearest.nearest_kronecker` (Van Loan–Pitsianis
         rearrangement +
         truncated SVD for K = 2, CP-ALS for K > 2). Exact when W is an exact Kronecker (sum).
         The relative Frobenius error ``‖W − Ŵ‖_F / ‖W‖_F`` is stored in ``approx_error``.

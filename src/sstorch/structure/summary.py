@@ -1,8 +1,8 @@
 """Compression accounting: parameters, nonzeros, multiply-accumulates and bytes of a model.
 
 ``summary(model)`` compares the model as it is (separable layers, pruned factors) with its
-*dense equivalent* (every ``SeparableLinear`` — and every baseline ``LowRankLinear`` /
-``TensorizedLinear`` of :mod:`sstorch.layers.baselines` — replaced by the ``nn.Linear`` of the
+*dense equivalent* (every :class:`~sstorch.layers.base.StructuredLinear` — ``SeparableLinear``
+and the baseline ``LowRankLinear`` / ``TensorizedLinear`` — replaced by the ``nn.Linear`` of the
 same map).
 """
 
@@ -14,14 +14,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from sstorch.layers.baselines import LowRankLinear, TensorizedLinear
-from sstorch.layers.separable import SeparableLinear
+from sstorch.layers.base import StructuredLinear
 from sstorch.structure.surgery import probe_mode
 
 __all__ = ["LayerSummary", "ModelSummary", "sparse_tensor_bytes", "summary"]
-
-# Factorized comparison layers: accounted like separable ones (n_params, dense_params, MACs).
-_BASELINE_LAYERS = (LowRankLinear, TensorizedLinear)
 
 FP32_BYTES = 4
 
@@ -127,15 +123,18 @@ class ModelSummary:
 
 
 def _effective_tensors(model: nn.Module) -> list[Tensor]:
-    """Every parameter, with separable factors and pruned Linear weights (``weight_mask``,
-    :mod:`sstorch.layers.baselines`) replaced by their masked versions."""
+    """Every parameter, with structured layers' tensors replaced by their values in the forward
+    pass (:meth:`StructuredLinear.effective_tensors`: masked separable factors) and pruned
+    Linear weights (``weight_mask``, :mod:`sstorch.pruning.magnitude`) by their masked
+    versions."""
     out: list[Tensor] = []
     seen: set[int] = set()
     for mod in model.modules():
-        if isinstance(mod, SeparableLinear):
-            for p, eff in zip(mod.factors, mod.effective_factors(), strict=True):
-                seen.add(id(p))
-                out.append(eff.detach())
+        if isinstance(mod, StructuredLinear):
+            for p, value in mod.effective_tensors():
+                if p is not value:
+                    seen.add(id(p))
+                    out.append(value.detach())
         elif isinstance(mod, nn.Linear) and getattr(mod, "weight_mask", None) is not None:
             seen.add(id(mod.weight))
             out.append((mod.weight * mod.weight_mask).detach())
@@ -152,10 +151,10 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
     batch = example_input.shape[0]
 
     def hook(mod: nn.Module, args, out: Tensor) -> None:
-        if isinstance(mod, (SeparableLinear, *_BASELINE_LAYERS)):
+        if isinstance(mod, StructuredLinear):
             n_vec = out.numel() // mod.out_features
             counts[0] += n_vec * mod.macs_per_example()
-            counts[1] += n_vec * mod.in_features * mod.out_features
+            counts[1] += n_vec * mod.dense_macs_per_example()
         elif isinstance(mod, nn.Linear):
             macs = out.numel() * mod.in_features
             counts[0] += macs
@@ -166,8 +165,7 @@ def _count_macs(model: nn.Module, example_input: Tensor) -> tuple[int, int]:
             counts[1] += macs
 
     handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (SeparableLinear, *_BASELINE_LAYERS, nn.Linear,
-                                 nn.modules.conv._ConvNd))]
+               if isinstance(m, (StructuredLinear, nn.Linear, nn.modules.conv._ConvNd))]
     try:
         with probe_mode(model):
             model(example_input)
@@ -191,48 +189,22 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     * bytes: fp32 dense storage of this model, the sparse packing of
       :func:`sparse_tensor_bytes`, and the dense equivalent in fp32.
     """
-    layers: list[LayerSummary] = []
-    sep_params = sep_nnz = sep_dense = 0
-    base_params = base_dense = 0
-    for name, mod in model.named_modules():
-        if isinstance(mod, SeparableLinear):
-            nnz = sum(int(torch.count_nonzero(f)) for f in mod.effective_factors())
-            if mod.bias is not None:
-                nnz += int(torch.count_nonzero(mod.bias))
-            shape = (f"{'×'.join(map(str, mod.in_shape))} → {'×'.join(map(str, mod.out_shape))}"
-                     + (f" (rank {mod.rank})" if mod.rank > 1 else ""))
-            layers.append(LayerSummary(name, "separable", shape, mod.n_params, nnz,
-                                       mod.dense_params, mod.macs_per_example()))
-            sep_params += mod.n_params
-            sep_nnz += nnz
-            sep_dense += mod.dense_params
-        elif isinstance(mod, _BASELINE_LAYERS):
-            nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
-            kind = "lowrank" if isinstance(mod, LowRankLinear) else mod.factorization
-            layers.append(LayerSummary(name, kind, f"{mod.in_features} → {mod.out_features} "
-                                       f"(rank {mod.rank})", mod.n_params, nnz, mod.dense_params,
-                                       mod.macs_per_example()))
-            base_params += mod.n_params
-            base_dense += mod.dense_params
-        elif isinstance(mod, nn.Linear):
-            params = sum(p.numel() for p in mod.parameters())
-            nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
-            if getattr(mod, "weight_mask", None) is not None:  # pruned (sstorch.layers.baselines)
-                nnz = int(torch.count_nonzero(mod.weight * mod.weight_mask)) + (
-                    0 if mod.bias is None else int(torch.count_nonzero(mod.bias)))
-            layers.append(LayerSummary(name, "linear", f"{mod.in_features} → {mod.out_features}",
-                                       params, nnz, params, mod.in_features * mod.out_features))
+    layers = _layer_rows(model)
     tensors = _effective_tensors(model)
     total_params = sum(t.numel() for t in tensors)
     total_nnz = sum(int(torch.count_nonzero(t)) for t in tensors)
-    dense_equiv = total_params - sep_params + sep_dense - base_params + base_dense
+    structured = [row for row in layers if row.kind != "linear"]
+    separable = [row for row in layers if row.kind == "separable"]
+    dense_equiv = total_params + sum(row.dense_params - row.params for row in structured)
     if example_input is not None:
         macs, dense_macs = _count_macs(model, example_input)
         scope = "model"
     else:
         macs = sum(layer.macs for layer in layers)
         dense_macs = sum(
-            layer.macs if layer.kind == "linear" else _dense_macs(model, layer.name)
+            layer.macs if layer.kind == "linear"
+            else (model.get_submodule(layer.name) if layer.name else model)
+            .dense_macs_per_example()
             for layer in layers
         )
         scope = "fc-only"
@@ -240,8 +212,8 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     return ModelSummary(
         total_params=total_params,
         total_nnz=total_nnz,
-        separable_params=sep_params,
-        separable_nnz=sep_nnz,
+        separable_params=sum(row.params for row in separable),
+        separable_nnz=sum(row.nnz for row in separable),
         dense_equivalent_params=dense_equiv,
         fc_params=fc_params,
         fc_nnz=sum(layer.nnz for layer in layers),
@@ -256,6 +228,19 @@ def summary(model: nn.Module, example_input: Tensor | None = None) -> ModelSumma
     )
 
 
-def _dense_macs(model: nn.Module, name: str) -> int:
-    mod = model.get_submodule(name) if name else model
-    return mod.in_features * mod.out_features
+def _layer_rows(model: nn.Module) -> list[LayerSummary]:
+    """One :class:`LayerSummary` per structured layer and per ``nn.Linear``, in module order."""
+    layers: list[LayerSummary] = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, StructuredLinear):
+            layers.append(LayerSummary(name, mod.kind, mod.shape_text(), mod.n_params, mod.nnz(),
+                                       mod.dense_params, mod.macs_per_example()))
+        elif isinstance(mod, nn.Linear):
+            params = sum(p.numel() for p in mod.parameters())
+            nnz = sum(int(torch.count_nonzero(p)) for p in mod.parameters())
+            if getattr(mod, "weight_mask", None) is not None:  # pruned (sstorch.pruning)
+                nnz = int(torch.count_nonzero(mod.weight * mod.weight_mask)) + (
+                    0 if mod.bias is None else int(torch.count_nonzero(mod.bias)))
+            layers.append(LayerSummary(name, "linear", f"{mod.in_features} → {mod.out_features}",
+                                       params, nnz, params, mod.in_features * mod.out_features))
+    return layers

@@ -28,9 +28,10 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from sstorch.layers.base import StructuredLinear, structured_layers
 from sstorch.layers.separable import SeparableLinear
 
-__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "load_dense_", "plan_shapes",
+__all__ = ["SeparablePlan", "densify", "find_flattened_inputs", "plan_shapes",
            "probe_mode", "separate"]
 
 
@@ -296,9 +297,7 @@ def separate(
                          "select; add them to include or drop them from shapes")
     # Some torch modules read their Linears' .weight directly (fused fast paths); those
     # Linears cannot be swapped. timm's ViT blocks and plain nn.Linear users are fine.
-    mha_owned = {f"{n}.{child}" if n else child for n, m in model.named_modules()
-                 for kind, children in _OPAQUE_LINEARS.items() if isinstance(m, kind)
-                 for child in children}
+    mha_owned = _opaque_linear_names(model)
     replacements: list[tuple[str, nn.Module]] = []  # plan everything first: all or nothing
     for name in [n for n in names if n in chosen]:
         lin = linears[name]
@@ -310,41 +309,12 @@ def separate(
                 raise ValueError(msg)
             warnings.warn(f"sstorch.separate: skipping {msg}", stacklevel=2)
             continue
-        spec = shapes.get(name)
-        if spec is not None:
-            in_shape, out_shape = tuple(spec[0]), tuple(spec[1])
-            r = int(spec[2]) if len(spec) > 2 else (rank or 1)
-        else:
-            fmap = feature_maps.get(name)
-            fixed = tuple(d for d in fmap if d > 1) if fmap is not None else None
-            if fixed is not None and len(fixed) < 2:
-                fixed = None  # e.g. a (512, 1, 1) map: a single mode, factorize freely
-            budget = max_params
-            if compression is not None:
-                n_bias = lin.out_features if lin.bias is not None else 0
-                budget = int((lin.weight.numel() + n_bias) / compression) - n_bias
-                if budget < 1:
-                    raise ValueError(f"compression {compression} leaves no parameters for "
-                                     f"{name} ({lin.in_features} → {lin.out_features})")
-            try:
-                plan = plan_shapes(lin.in_features, lin.out_features, in_shape=fixed,
-                                   max_params=budget, rank=rank, n_modes=n_modes)
-            except ValueError as exc:
-                if name not in include:  # matched by a wildcard: skip it, loudly
-                    warnings.warn(f"sstorch.separate: skipping {name}: {exc}", stacklevel=2)
-                    continue
-                raise
-            in_shape, out_shape, r = plan.in_shape, plan.out_shape, plan.rank
-        if init == "from_dense":
-            new = SeparableLinear.from_linear(lin, in_shape, out_shape, rank=r, flatten=True)
-        else:
-            if math.prod(in_shape) != lin.in_features or math.prod(out_shape) != lin.out_features:
-                raise ValueError(
-                    f"shapes for {name}: {tuple(in_shape)} → {tuple(out_shape)} do not match "
-                    f"the Linear's {lin.in_features} → {lin.out_features}"
-                )
-            new = SeparableLinear(in_shape, out_shape, bias=lin.bias is not None, rank=r,
-                                  flatten=True, device=lin.weight.device, dtype=lin.weight.dtype)
+        planned = _plan_layer(name, lin, shapes.get(name), feature_maps.get(name), include,
+                              compression=compression, max_params=max_params, rank=rank,
+                              n_modes=n_modes)
+        if planned is None:
+            continue
+        new = _build_layer(name, lin, *planned, init=init)
         new.train(lin.training)
         replacements.append((name, new))
     for name, new in replacements:
@@ -352,86 +322,68 @@ def separate(
     return model
 
 
-class _DenseModes(nn.Sequential):
-    """``nn.Linear`` wrapped to take ``(*batch, *in_shape)`` and return ``(*batch, *out_shape)``."""
+def _opaque_linear_names(model: nn.Module) -> set[str]:
+    """Names of the Linears owned by torch modules whose forward reads their weight directly."""
+    return {f"{n}.{child}" if n else child for n, m in model.named_modules()
+            for kind, children in _OPAQUE_LINEARS.items() if isinstance(m, kind)
+            for child in children}
 
-    def __init__(self, linear: nn.Linear, in_shape: tuple[int, ...], out_shape: tuple[int, ...]):
-        super().__init__(nn.Flatten(-len(in_shape)), linear, nn.Unflatten(-1, out_shape))
+
+def _plan_layer(name: str, lin: nn.Linear, spec: ShapeSpec | None,
+                fmap: tuple[int, ...] | None, include: Sequence[str], *,
+                compression: float | None, max_params: int | None, rank: int | None,
+                n_modes: int | None) -> tuple[tuple[int, ...], tuple[int, ...], int] | None:
+    """``(in_shape, out_shape, rank)`` for one Linear: the user's ``spec``, else the planner's
+    (at the budget ``(mn + m) / compression − m`` or ``max_params``). ``None``: a layer matched
+    by a wildcard that cannot be planned is skipped with a warning."""
+    if spec is not None:
+        return tuple(spec[0]), tuple(spec[1]), int(spec[2]) if len(spec) > 2 else (rank or 1)
+    fixed = tuple(d for d in fmap if d > 1) if fmap is not None else None
+    if fixed is not None and len(fixed) < 2:
+        fixed = None  # e.g. a (512, 1, 1) map: a single mode, factorize freely
+    budget = max_params
+    if compression is not None:
+        n_bias = lin.out_features if lin.bias is not None else 0
+        budget = int((lin.weight.numel() + n_bias) / compression) - n_bias
+        if budget < 1:
+            raise ValueError(f"compression {compression} leaves no parameters for "
+                             f"{name} ({lin.in_features} → {lin.out_features})")
+    try:
+        plan = plan_shapes(lin.in_features, lin.out_features, in_shape=fixed,
+                           max_params=budget, rank=rank, n_modes=n_modes)
+    except ValueError as exc:
+        if name not in include:  # matched by a wildcard: skip it, loudly
+            warnings.warn(f"sstorch.separate: skipping {name}: {exc}", stacklevel=3)
+            return None
+        raise
+    return plan.in_shape, plan.out_shape, plan.rank
+
+
+def _build_layer(name: str, lin: nn.Linear, in_shape: Sequence[int], out_shape: Sequence[int],
+                 r: int, *, init: str) -> SeparableLinear:
+    """The ``SeparableLinear`` replacing ``lin``: fresh (``init="random"``) or the nearest
+    Kronecker sum of its weight (``init="from_dense"``)."""
+    if init == "from_dense":
+        return SeparableLinear.from_linear(lin, in_shape, out_shape, rank=r, flatten=True)
+    if math.prod(in_shape) != lin.in_features or math.prod(out_shape) != lin.out_features:
+        raise ValueError(
+            f"shapes for {name}: {tuple(in_shape)} → {tuple(out_shape)} do not match "
+            f"the Linear's {lin.in_features} → {lin.out_features}"
+        )
+    return SeparableLinear(in_shape, out_shape, bias=lin.bias is not None, rank=r,
+                           flatten=True, device=lin.weight.device, dtype=lin.weight.dtype)
 
 
 def densify(model: nn.Module) -> nn.Module:
-    """Inverse of :func:`separate`: every ``SeparableLinear`` becomes its dense equivalent.
+    """Inverse of :func:`separate`: every :class:`StructuredLinear` becomes its dense equivalent.
 
-    A ``flatten=True`` layer becomes a plain ``nn.Linear(N, M)`` with ``weight = to_dense()``;
-    a shape-preserving one becomes ``Flatten → Linear → Unflatten``. Pruning masks are applied.
-    Works in place and returns the model (a bare ``SeparableLinear`` returns its replacement).
+    A flat layer becomes a plain ``nn.Linear(N, M)`` with ``weight = to_dense()``; a
+    shape-preserving ``SeparableLinear`` becomes ``Flatten → Linear → Unflatten``
+    (``layer.to_linear()``). Pruning masks are applied. Works in place and returns the model (a
+    bare structured layer returns its replacement).
     """
-
-    def convert(sep: SeparableLinear) -> nn.Module:
-        w = sep.to_dense().detach()
-        lin = nn.Linear(sep.in_features, sep.out_features, bias=sep.bias is not None,
-                        device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if sep.bias is not None:
-                lin.bias.copy_(sep.bias)
-        lin.train(sep.training)
-        return lin if sep.flatten else _DenseModes(lin, sep.in_shape, sep.out_shape)
-
-    if isinstance(model, SeparableLinear):
-        return convert(model)
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, SeparableLinear)]
-    for name, sep in targets:
-        _set_submodule(model, name, convert(sep))
+    if isinstance(model, StructuredLinear):
+        return model.to_linear()
+    for name, layer in structured_layers(model):
+        _set_submodule(model, name, layer.to_linear())
     return model
-
-
-def load_dense_(model: nn.Module, state_dict: Mapping[str, Tensor]) -> dict[str, float]:
-    """Initialize a separable ``model`` from the ``state_dict`` of its **dense** counterpart.
-
-    Every :class:`SeparableLinear` named ``name`` whose dense ``name.weight`` ``(M, N)`` is in
-    ``state_dict`` gets the nearest Kronecker sum of its rank,
-    ``argmin ‖W − Σ_r U_1[r] ⊗ … ⊗ U_K[r]‖_F``
-    (:func:`sstorch.functional.kronecker.nearest_kronecker`),
-    and the dense bias; every other entry (normalization, the dense layers left) must match the
-    model exactly. Compress-then-fine-tune: train the result adversarially afterwards.
-
-    Returns:
-        ``{layer name: relative Frobenius error ‖W − Ŵ‖_F / ‖W‖_F}``.
-
-    Raises:
-        ValueError: a dense weight of the wrong size, or keys missing from / unknown to
-        ``model``.
-    """
-    from sstorch.functional.kronecker import nearest_kronecker
-
-    state = dict(state_dict)
-    errors: dict[str, float] = {}
-    for name, layer in model.named_modules():
-        if not isinstance(layer, SeparableLinear) or f"{name}.weight" not in state:
-            continue
-        w = state.pop(f"{name}.weight")
-        bias = state.pop(f"{name}.bias", None)
-        if tuple(w.shape) != (layer.out_features, layer.in_features):
-            raise ValueError(f"{name}: dense weight {tuple(w.shape)} does not fit the separable "
-                             f"layer's {layer.out_features}×{layer.in_features}")
-        factors, err = nearest_kronecker(w.to(torch.float64), layer.in_shape, layer.out_shape,
-                                         rank=layer.rank)
-        with torch.no_grad():
-            for p, f in zip(layer.factors, factors, strict=True):
-                p.copy_(f.to(p.dtype))
-            if bias is not None and layer.bias is not None:
-                layer.bias.copy_(bias.reshape(layer.bias.shape))
-        errors[name] = float(err)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(" ".join(str(exc).split())) from exc
-    missing = [k for k in result.missing_keys
-               if not any(k.startswith(f"{n}.") for n in errors)]
-    problems = [f"missing {k}" for k in missing] + [f"unexpected {k}"
-                                                    for k in result.unexpected_keys]
-    if problems:
-        raise ValueError(f"{len(problems)} keys do not match the model: "
-                         f"{'; '.join(problems[:5])}{' …' if len(problems) > 5 else ''}")
-    return errors

@@ -59,20 +59,18 @@ from sstorch.io.fsutil import (
     lock_dir,
     remove_stale_temps,
 )
-from sstorch.layers.baselines import (
-    Hydra,
-    LowRankLinear,
-    TensorizedLinear,
-    init_from_dense_,
-    keep_schedule,
-    linear_layers,
-    prune_linear_,
-)
+from sstorch.layers.lowrank import LowRankLinear
 from sstorch.layers.separable import SeparableLinear
+from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model
-from sstorch.structure.constraints import FactorRegularizer, layer_stats, prune_factors
+from sstorch.pruning.factor import prune_factors
+from sstorch.pruning.hydra import Hydra
+from sstorch.pruning.magnitude import keep_schedule, linear_layers, prune_linear_
+from sstorch.structure.constraints import FactorRegularizer
+from sstorch.structure.init import load_dense_state as init_from_dense_
+from sstorch.structure.init import load_dense_state as load_dense_
+from sstorch.structure.stats import layer_stats
 from sstorch.structure.summary import summary
-from sstorch.structure.surgery import load_dense_
 from sstorch.training.distill import distill_loss, load_teacher
 
 __all__ = ["RunDirError", "TrainingDiverged", "evaluate", "train"]

@@ -617,7 +617,7 @@ def test_separated_vit_trains_one_sgd_step():
 
 def test_load_dense_recovers_an_exact_kronecker_sum_and_names_misfits():
     from sstorch.functional.kronecker import kron_sum
-    from sstorch.structure.surgery import load_dense_
+    from sstorch.structure.init import load_dense_state as load_dense_
 
     g = torch.Generator().manual_seed(0)
     factors = [torch.randn(2, 3, 4, generator=g), torch.randn(2, 5, 6, generator=g)]
