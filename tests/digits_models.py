@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.attacks.pgd import FGSM
+from sstorch.attacks import FGSM
 from sstorch.config import ModelConfig
 from sstorch.models import build_model
 

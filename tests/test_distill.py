@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sstorch.attacks.pgd import kl_adversary
+from sstorch.attacks import kl_adversary
 from sstorch.config import ConfigError, DistillConfig, ModelConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
 from sstorch.eval.run import load_run

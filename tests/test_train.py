@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 import sstorch.training.loop as train_mod
 from sstorch import attacks
-from sstorch.attacks.pgd import FGSM, PGD, trades_adversary
+from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.cli import main
 from sstorch.config import ConfigError, ModelConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset

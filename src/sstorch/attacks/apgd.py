@@ -36,36 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["APGD", "APGDTargeted", "checkpoints", "dlr_loss", "dlr_targeted_loss", "margin"]
+from sstorch.attacks.base import NORMS, check_counts, check_eps, check_labels
+from sstorch.attacks.losses import dlr_loss, dlr_targeted_loss, margin
+from sstorch.attacks.registry import register_attack
 
-NORMS = ("Linf", "L2")
-
-
-def margin(logits: Tensor, labels: Tensor) -> Tensor:
-    """``z_y − max_{j≠y} z_j`` per example: negative iff the example is misclassified."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    other = logits.clone()
-    other.scatter_(1, labels[:, None], float("-inf"))
-    return true - other.amax(1)
-
-
-def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Difference of logits ratio ``−(z_y − max_{i≠y} z_i) / (z_π1 − z_π3)`` per example.
-
-    ``π`` sorts the logits in decreasing order; the ratio is invariant to shifting and rescaling
-    the logits, so it does not saturate the way cross-entropy does. Needs ≥ 3 classes.
-    """
-    z = logits.sort(dim=1, descending=True).values
-    return -margin(logits, labels) / (z[:, 0] - z[:, 2] + 1e-12)
-
-
-def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
-    """Targeted DLR ``−(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)`` per example (≥ 4 classes)."""
-    z = logits.sort(dim=1, descending=True).values
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    target = logits.gather(1, targets[:, None]).squeeze(1)
-    return -(true - target) / (z[:, 0] - 0.5 * (z[:, 2] + z[:, 3]) + 1e-12)
-
+__all__ = ["APGD", "NORMS", "APGDTargeted", "checkpoints", "dlr_loss", "dlr_targeted_loss",
+           "margin"]
 
 def checkpoints(n_iter: int) -> list[int]:
     """The iterations ``w_1 < w_2 < …`` (all in ``[1, n_iter − 1]``) where step sizes may halve.
@@ -85,26 +61,12 @@ def checkpoints(n_iter: int) -> list[int]:
 
 def _check(eps: float, norm: str, n_iter: int, n_restarts: int, rho: float,
            momentum: float) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if norm == "Linf" and not 0 <= eps <= 1:  # also rejects NaN
-        raise ValueError(f"eps must be in [0, 1] (pixel scale) for Linf, got {eps}")
-    if norm == "L2" and not 0 <= eps < math.inf:
-        raise ValueError(f"eps must be finite and ≥ 0 for L2, got {eps}")
-    if n_iter < 1:
-        raise ValueError(f"n_iter must be ≥ 1, got {n_iter}")
-    if n_restarts < 1:
-        raise ValueError(f"n_restarts must be ≥ 1, got {n_restarts}")
+    check_eps(eps, norm)
+    check_counts(n_iter=n_iter, n_restarts=n_restarts)
     if not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     if not 0 < momentum <= 1:
         raise ValueError(f"momentum must be in (0, 1], got {momentum}")
-
-
-def _check_inputs(images: Tensor, labels: Tensor) -> None:
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},) for images of shape "
-                         f"{tuple(images.shape)}, got {tuple(labels.shape)}")
 
 
 class APGD:
@@ -262,7 +224,7 @@ class APGD:
         return [None]
 
     def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        _check_inputs(images, labels)
+        check_labels(images, labels)
         x = images.detach()
         if self.eps == 0:
             return x.clone()
@@ -283,6 +245,12 @@ class APGD:
         return best_x
 
 
+@register_attack("apgd-ce")
+def _apgd_ce(eps: float, seed: int | None = 0, **kwargs: Any) -> APGD:
+    return APGD(eps, seed=seed, **{"loss": "ce", **kwargs})
+
+
+@register_attack("apgd-t")
 class APGDTargeted(APGD):
     r"""APGD-T (Croce & Hein 2020): APGD on the targeted DLR loss, one run per target class.
 
@@ -312,8 +280,7 @@ class APGDTargeted(APGD):
                  n_target_classes: int = 9, rho: float = 0.75, seed: int = 0,
                  momentum: float = 0.75) -> None:
         super().__init__(eps, norm, n_iter, n_restarts, "ce", rho, seed, momentum)
-        if n_target_classes < 1:
-            raise ValueError(f"n_target_classes must be ≥ 1, got {n_target_classes}")
+        check_counts(n_target_classes=n_target_classes)
         self.loss, self.n_target_classes = "dlr-targeted", n_target_classes
 
     def __repr__(self) -> str:

@@ -21,18 +21,18 @@ from __future__ import annotations
 import importlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from sstorch.attacks.apgd import APGD, NORMS, APGDTargeted
+from sstorch.attacks.apgd import APGD, APGDTargeted
+from sstorch.attacks.base import Attack, check_eps, check_labels
+from sstorch.attacks.registry import register_attack
 
 __all__ = ["COMPONENTS", "STANDARD", "AutoAttack", "AutoAttackResult"]
-
-Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 
@@ -121,6 +121,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = training
 
 
+@register_attack("autoattack")
 class AutoAttack:
     r"""AutoAttack (Croce & Hein 2020): APGD-CE → APGD-T → FAB-T → Square, worst case per example.
 
@@ -153,12 +154,7 @@ class AutoAttack:
 
     def __init__(self, eps: float, norm: str = "Linf", version: str = "standard", seed: int = 0,
                  attacks: list[str] | tuple[str, ...] | None = None) -> None:
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-        if norm == "Linf" and not 0 <= eps <= 1:  # also rejects NaN
-            raise ValueError(f"eps must be in [0, 1] (pixel scale) for Linf, got {eps}")
-        if norm == "L2" and not 0 <= eps < float("inf"):
-            raise ValueError(f"eps must be finite and ≥ 0 for L2, got {eps}")
+        check_eps(eps, norm)
         if version not in ("standard", "custom"):
             raise ValueError(f"version must be 'standard' or 'custom', got {version!r}")
         if attacks is None:
@@ -193,9 +189,7 @@ class AutoAttack:
     def run(self, model: nn.Module, images: Tensor, labels: Tensor,
             batch_size: int = 500) -> AutoAttackResult:
         """Evaluate ``model`` on ``(images, labels)``; see :class:`AutoAttackResult`."""
-        if images.dim() < 2 or labels.shape != (images.shape[0],):
-            raise ValueError(f"labels must have shape ({images.shape[0]},) for images of shape "
-                             f"{tuple(images.shape)}, got {tuple(labels.shape)}")
+        check_labels(images, labels)
         if labels.dtype != torch.long:
             raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
         if batch_size < 1:

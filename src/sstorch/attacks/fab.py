@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sstorch.attacks.base import check_counts, check_eps
+from sstorch.attacks.registry import register_attack
+
 __all__ = ["FABTargeted", "linf_hyperplane_projection"]
 
 
@@ -96,6 +99,7 @@ def _sorted_radius(room: Tensor, weight: Tensor, target: Tensor) -> Tensor:
     return t.squeeze(1)
 
 
+@register_attack("fab-t")
 class FABTargeted:
     """Targeted L∞ FAB (Croce & Hein 2020), the "FAB-T" of AutoAttack's standard version.
 
@@ -145,12 +149,8 @@ class FABTargeted:
                  eta: float = 1.05, beta: float = 0.9, seed: int = 0) -> None:
         if norm != "Linf":
             raise ValueError(f"only norm='Linf' is implemented, got {norm!r}")
-        if not 0 <= eps <= 1:  # also rejects NaN
-            raise ValueError(f"eps must be in [0, 1] (pixel scale), got {eps}")
-        for name, value in (("n_iter", n_iter), ("n_target_classes", n_target_classes),
-                            ("n_restarts", n_restarts)):
-            if value < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {value}")
+        check_eps(eps, norm)
+        check_counts(n_iter=n_iter, n_target_classes=n_target_classes, n_restarts=n_restarts)
         if not 0 <= alpha_max <= 1:
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
         if not eta >= 1:

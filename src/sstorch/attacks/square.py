@@ -11,7 +11,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sstorch.attacks.pgd import cw_margin_loss
+from sstorch.attacks.base import check_counts, check_eps
+from sstorch.attacks.losses import margin
+from sstorch.attacks.registry import register_attack
 
 __all__ = ["Square"]
 
@@ -23,9 +25,10 @@ _CHUNK = 100
 
 def _margin(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
     """``z_y − max_{j≠y} z_j`` on the logits: positive iff the model still predicts ``y``."""
-    return -cw_margin_loss(model(x), labels)
+    return margin(model(x), labels)
 
 
+@register_attack("square")
 class Square:
     """L∞ Square Attack (Andriushchenko et al. 2020): random search on the margin, no gradients.
 
@@ -70,10 +73,8 @@ class Square:
                  p_init: float = 0.8, seed: int = 0) -> None:
         if norm != "Linf":
             raise ValueError(f"only norm='Linf' is implemented, got {norm!r}")
-        if not 0 <= eps <= 1:  # also rejects NaN
-            raise ValueError(f"eps must be in [0, 1] (pixel scale), got {eps}")
-        if n_queries < 1:
-            raise ValueError(f"n_queries must be ≥ 1, got {n_queries}")
+        check_eps(eps, norm)
+        check_counts(n_queries=n_queries)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
         self.eps, self.norm, self.n_queries = eps, norm, n_queries

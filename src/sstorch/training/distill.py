@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.attacks.pgd import PGD, kl_adversary
+from sstorch.attacks import PGD, kl_adversary
 from sstorch.config import ConfigError, DistillConfig
 
 __all__ = ["distill_loss", "load_teacher"]

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from sstorch.attacks.pgd import FGSM, PGD, trades_adversary
+from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.config import Config, ConfigError, PruneConfig
 from sstorch.data import DATASET_INFO, build_datasets, canonical_name
 from sstorch.eval.run import code_version, machine_description

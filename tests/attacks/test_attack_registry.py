@@ -11,7 +11,7 @@ import torch
 from digits_models import accuracy, held_out, undefended
 from sstorch.attacks.autoattack import AutoAttack
 from sstorch.attacks.pgd import PGD
-from sstorch.attacks.registry import ATTACKS, SeededAttack, make_attack
+from sstorch.attacks.registry import ATTACKS, make_attack
 
 EPS = 0.1
 MODULES = {"fab-t": "sstorch.attacks.fab", "square": "sstorch.attacks.square"}
@@ -56,11 +56,11 @@ def test_contract_and_determinism(name: str) -> None:
 
 def test_defaults_and_overrides() -> None:
     pgd = make_attack("pgd", 0.1)
-    assert isinstance(pgd, SeededAttack) and isinstance(pgd.attack, PGD)
-    assert (pgd.attack.steps, pgd.attack.restarts, pgd.attack.loss) == (50, 1, "ce")
-    assert pgd.attack.step_size == pytest.approx(2.5 * 0.1 / 50)
+    assert isinstance(pgd, PGD) and pgd.seed == 0
+    assert (pgd.steps, pgd.restarts, pgd.loss) == (50, 1, "ce")
+    assert pgd.step_size == pytest.approx(2.5 * 0.1 / 50)
     cw = make_attack("cw", 0.1, steps=20, restarts=3, seed=7)
-    assert (cw.attack.steps, cw.attack.restarts, cw.attack.loss, cw.seed) == (20, 3, "cw", 7)
+    assert (cw.steps, cw.restarts, cw.loss, cw.seed) == (20, 3, "cw", 7)
     apgd = make_attack("apgd-ce", 0.1, n_iter=30)
     assert (apgd.n_iter, apgd.loss, apgd.n_restarts) == (30, "ce", 1)
     assert make_attack("apgd-t", 0.1).n_target_classes == 9

@@ -13,13 +13,14 @@ import torch
 from torch import Tensor, nn
 
 from digits_models import fgsm_trained, held_out, undefended
+from sstorch.attacks import autoattack
 from sstorch.attacks.apgd import APGD
 from sstorch.attacks.autoattack import STANDARD, AutoAttack, AutoAttackResult
-from sstorch.attacks import autoattack
 from sstorch.attacks.registry import make_attack
 
 EPS = 0.15
-HAVE = {name: importlib.util.find_spec(f"sstorch.{name}") is not None for name in ("fab", "square")}
+HAVE = {name: importlib.util.find_spec(f"sstorch.attacks.{name}") is not None
+        for name in ("fab", "square")}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

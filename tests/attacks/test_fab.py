@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from digits_models import accuracy, check_linf_contract
+from sstorch.attacks import FGSM
 from sstorch.attacks.fab import (
     FABTargeted,
     _newton_radius,
     _sorted_radius,
     linf_hyperplane_projection,
 )
-from sstorch.attacks.pgd import FGSM
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # model, test_set: conftest.py
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from digits_models import accuracy, check_linf_contract, clean_mlp, held_out
-from sstorch.attacks.pgd import FGSM, PGD, PGDL2, cw_margin_loss, trades_adversary
+from sstorch.attacks import FGSM, PGD, PGDL2, cw_margin_loss, trades_adversary
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
