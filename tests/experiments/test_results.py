@@ -21,7 +21,7 @@ import pytest
 from sstorch.cli import main
 from sstorch.experiments.manifest import load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = [ROOT / "configs" / "paper-fmnist", ROOT / "configs" / "paper-cifar10"]
 
 
