@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sstorch.experiments.bench import markdown_sections, update_section
+from sstorch.experiments.timing import markdown_sections, update_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
