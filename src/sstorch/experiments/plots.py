@@ -19,7 +19,7 @@ def draw_figures(summary_rows: Sequence[dict[str, Any]], figures: Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sstorch.experiments.report import pareto_front
+    from sstorch.experiments.pareto import pareto_front
 
     figures.mkdir(parents=True, exist_ok=True)
     paths = []
