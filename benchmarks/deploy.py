@@ -42,7 +42,7 @@ import torch
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, DatasetNotFoundError
 from sstorch.eval.run import load_run
-from sstorch.experiments.bench import BUSY_OTHERS, cpu_seconds, machine_info, update_section
+from sstorch.experiments.timing import BUSY_OTHERS, cpu_seconds, machine_info, update_section
 from sstorch.export.onnx import ExportReport, dataset_images, export_onnx, onnx_session
 from sstorch.models import build_model
 

@@ -34,7 +34,7 @@ from torch import nn
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, canonical_name
 from sstorch.eval.run import _frozen
-from sstorch.experiments.bench import cpu_seconds, machine_info, time_interleaved
+from sstorch.experiments.timing import cpu_seconds, machine_info, time_interleaved
 from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model
 from sstorch.pruning.magnitude import prune_linear_

@@ -1,8 +1,7 @@
 """Regenerate ``docs/benchmarks.md``: SeparableLinear vs dense and tensorly-torch layers.
 
-Thin wrapper around :func:`sstorch.experiments.bench.main_layer_bench` (also ``sstorch bench``);
-all its
-options apply, e.g. a quick run::
+Thin wrapper around :func:`sstorch.experiments.layer_bench_md.main_layer_bench` (also
+``sstorch bench``); all its options apply, e.g. a quick run::
 
     python benchmarks/layer_speed.py --batch-scale 0.25 --repeats 5 --out-md /tmp/quick.md
 
@@ -15,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from sstorch.experiments.bench import main_layer_bench
+from sstorch.experiments.layer_bench_md import main_layer_bench
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 

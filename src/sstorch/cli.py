@@ -34,7 +34,7 @@ def _compression(text: str) -> float:
 
 
 def _cmd_bench(argv: list[str]) -> int:
-    from sstorch.experiments.bench import main_layer_bench
+    from sstorch.experiments.layer_bench_md import main_layer_bench
 
     return main_layer_bench(argv)
 

@@ -122,7 +122,7 @@ class ModelConfig:
     separable_groups: list = field(default_factory=lambda: ["mlp"])  # mlp, attn, patch, head
     separate_head: bool = False  # mlp / vgg16: also factorize the classifier layer
     dropout: float = 0.0
-    # Comparison layers for a dense mlp (sstorch.layers.baselines): none, lowrank (W = AB), tucker
+    # Comparison layers for a dense mlp (sstorch.layers.lowrank, .tensorized): none, lowrank (W = AB), tucker
     # or
     # tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt: an int rank ≥ 1 or
     # a fraction < 1 of each layer's dense parameters.
@@ -237,7 +237,7 @@ class PruneConfig:
     """Pruning from ``start_epoch`` to ``end_epoch``; later epochs fine-tune.
 
     Separable models prune factor entries by magnitude (``target`` per factor, a linear ramp);
-    dense models prune ``nn.Linear`` weights (sstorch.layers.baselines): by global magnitude with a
+    dense models prune ``nn.Linear`` weights (sstorch.pruning): by global magnitude with a
     geometric ramp of the weights kept, or with HYDRA's learned scores.
     """
 

@@ -47,7 +47,7 @@ class ImageClassifier(nn.Module):
         self.normalize = Normalize(mean, std)
         self.net = net
         self.image_shape = tuple(image_shape)
-        # Pruned nn.Linear layers carry weight_mask buffers (sstorch.layers.baselines): the state
+        # Pruned nn.Linear layers carry weight_mask buffers (sstorch.pruning.magnitude): the state
         # being
         # loaded decides which layers are pruned, and their zeros are re-armed after loading.
         self.register_load_state_dict_post_hook(_rezero_pruned)
@@ -69,7 +69,7 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
     ``cfg.hidden`` lists hidden shapes, e.g. ``[[32, 32], [32, 32]]``: the dense MLP uses their
     products as widths (784-1024-1024-10 on Fashion-MNIST), the separable one maps the image's
     modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.baseline`` (dense only) swaps
-    every Linear, the head included, for a comparison layer of :mod:`sstorch.layers.baselines`:
+    every Linear, the head included, for a comparison layer of :mod:`sstorch.layers.lowrank` / :mod:`sstorch.layers.tensorized`:
     low rank
     ``W = A B`` of rank ``baseline_rank``, or a Tucker / TT weight on the same modes as the
     separable layers (the head's from :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
@@ -85,7 +85,7 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
         prev = w
     layers.append(nn.Linear(prev, num_classes))
     net = nn.Sequential(*layers)
-    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.layers.baselines)
+    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.layers.lowrank)
         sizes = {n: ((m.in_features,), (m.out_features,)) for n, m in net.named_modules()
                  if isinstance(m, nn.Linear)}
         return factorize_mlp(net, sizes, "lowrank", cfg.baseline_rank)

@@ -139,7 +139,7 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
 @contextlib.contextmanager
 def _frozen(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
     """``model`` in eval mode without parameter gradients (attacks need input gradients only);
-    pruned Linear layers run with sparse weights (:func:`sstorch.layers.baselines.sparse_inference`)
+    pruned Linear layers run with sparse weights (:func:`sstorch.pruning.sparse.sparse_inference`)
     and, on the CPU, convolutions in channels-last layout (:func:`channels_last_inference`;
     ``channels_last=False`` keeps the standard layout, for benchmarks)."""
     modes = {m: m.training for m in model.modules()}

@@ -39,7 +39,7 @@ def _as_shape(shape: int | Sequence[int], what: str) -> tuple[int, ...]:
 
 
 # Pruned layers (SeparableLinear with mask_k buffers, pruned nn.Linear with a weight_mask, see
-# sstorch.layers.baselines). Momentum, Adam moments and decoupled weight decay move masked entries
+# sstorch.pruning.magnitude). Momentum, Adam moments and decoupled weight decay move masked entries
 # even
 # though their gradient is 0, so one global optimizer post-step hook puts the zeros back after
 # every step of every optimizer. Each tracked module maps to the function that re-zeroes it.

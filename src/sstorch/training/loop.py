@@ -320,7 +320,7 @@ def _init_from(model: nn.Module, target: str) -> str:
     ``.safetensors`` checkpoint into ``model``; the optimizer, epoch and RNG start afresh.
 
     A baseline model (``model.baseline``) can start from a dense run: each dense Linear weight is
-    decomposed into its layer (:func:`sstorch.layers.baselines.init_from_dense_`); so can a
+    decomposed into its layer (:func:`sstorch.structure.init.load_dense_state`); so can a
     separable
     one, each layer getting the nearest Kronecker sum of its rank
     (:func:`sstorch.structure.surgery.load_dense_`). Returns a note for the log.
@@ -364,7 +364,7 @@ def _prune(model: nn.Module, p: PruneConfig, frac: float) -> None:
 
     Separable models: factor entries, linear in sparsity (:func:`prune_factors`). Dense models:
     the weights of every ``nn.Linear`` by global magnitude, geometric in the number of weights
-    kept (:func:`sstorch.layers.baselines.keep_schedule`), down to ``keep`` or a ``target``
+    kept (:func:`sstorch.pruning.magnitude.keep_schedule`), down to ``keep`` or a ``target``
     fraction of
     zeros.
     """

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("tune", ROOT / "benchmarks" / "tune.py")
 tune = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tune)

@@ -12,7 +12,7 @@ import pytest
 
 from sstorch.structure.summary import summary
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("pareto", ROOT / "benchmarks" / "pareto.py")
 pareto = importlib.util.module_from_spec(spec)
 sys.modules["pareto"] = pareto  # its dataclasses resolve annotations through sys.modules

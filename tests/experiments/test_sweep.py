@@ -17,7 +17,9 @@ import torch
 import yaml
 
 from sstorch.cli import main
-from sstorch.experiments.sweep import CSV_COLUMNS, _try_lock, jobs, load_manifest
+from sstorch.experiments.locks import try_lock
+from sstorch.experiments.manifest import jobs, load_manifest
+from sstorch.experiments.tables import CSV_COLUMNS
 
 RECIPE = {
     "epochs": 1, "device": "cpu",
@@ -83,7 +85,7 @@ def test_bad_manifests(tmp_path, rows, extra, match):
 def test_rows_override_eval_and_reference(tmp_path):
     """A row's ``eval`` keys override the manifest's for its jobs only; its ``reference``
     decides its compression (its family's dense model, not the manifest's)."""
-    from sstorch.experiments.sweep import _reference_params
+    from sstorch.experiments.collect import _reference_params
 
     rows = [{"method": "dense", "seeds": [0]},
             {"method": "sep", "seeds": [0], "eval": {"n": 7}, "reference": "sep"}]
@@ -101,13 +103,13 @@ def test_missing_manifest(tmp_path):
 
 
 def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
-    lock = _try_lock(tmp_path / "a")
+    lock = try_lock(tmp_path / "a")
     assert lock is not None and lock.read_text().split()[0] == str(os.getpid())
-    assert _try_lock(tmp_path / "a") is None  # held by a live process (this one)
+    assert try_lock(tmp_path / "a") is None  # held by a live process (this one)
     lock.write_text("999999999")  # a worker that died
-    assert _try_lock(tmp_path / "a") is not None
+    assert try_lock(tmp_path / "a") is not None
     lock.write_text(f"{os.getpid()} some-earlier-boot")  # same pid, but before a reboot
-    assert _try_lock(tmp_path / "a") is not None
+    assert try_lock(tmp_path / "a") is not None
 
 
 def test_sweep_end_to_end_and_resume(tmp_path, capsys):
@@ -193,17 +195,17 @@ def test_sweep_end_to_end_and_resume(tmp_path, capsys):
 
 
 def _entry(method: str, accs: list[float]) -> dict:
-    from sstorch.experiments.sweep import _mean_std
+    from sstorch.experiments.stats import mean_std
 
     n = len(accs)
-    mean, std = _mean_std(accs)
+    mean, std = mean_std(accs)
     return {"method": method, "seeds": list(range(n)),
             "vals": {"autoattack_acc": list(accs), "clean_acc": [a + 0.1 for a in accs]},
             "stats": {"autoattack_acc": (mean, std), "clean_acc": (mean + 0.1, std)}}
 
 
 def test_claims_are_checked_against_the_means():
-    from sstorch.experiments.sweep import render_claims
+    from sstorch.experiments.claims import render_claims
 
     rows = [_entry("dense", [0.66, 0.68]), _entry("sep10", [0.655, 0.66]),
             _entry("sep300", [0.56]), _entry("lowrank", [0.20]), _entry("prune", [0.58]),
@@ -280,7 +282,7 @@ def test_a_failing_job_does_not_stop_the_others_and_only_filters(tmp_path, capsy
 def test_fc_matrices_cover_every_kind_of_fc_layer():
     from torch import nn
 
-    from sstorch.experiments.sweep import fc_matrices
+    from sstorch.experiments.stages import fc_matrices
     from sstorch.layers.lowrank import LowRankLinear
     from sstorch.layers.separable import SeparableLinear
 
@@ -293,7 +295,7 @@ def test_fc_matrices_cover_every_kind_of_fc_layer():
 
 
 def test_only_selects_methods_or_single_seeds(tmp_path):
-    from sstorch.experiments.sweep import selected
+    from sstorch.experiments.manifest import selected
 
     m = load_manifest(_write_sweep(tmp_path, ROWS))
     picked = lambda only: [(j.method, j.seed) for j in jobs(m) if selected(j, only)]  # noqa: E731
@@ -303,7 +305,7 @@ def test_only_selects_methods_or_single_seeds(tmp_path):
 
 
 def test_seconds_are_averaged_per_device_when_seeds_ran_on_different_machines():
-    from sstorch.experiments.sweep import device_label, render_table, summarize
+    from sstorch.experiments.tables import device_label, render_table, summarize
 
     cpu = "CPU AMD EPYC (2 cores), torch threads 1; Linux 6.1; torch 2.14.1"
     gpu = "NVIDIA H200; Linux 6.18; torch 2.11.0"
@@ -341,7 +343,8 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     from dataclasses import asdict
 
     from sstorch.config import load_config
-    from sstorch.experiments.sweep import config_drift, job_overrides
+    from sstorch.experiments.manifest import job_overrides
+    from sstorch.experiments.stages import config_drift
 
     root = _write_sweep(tmp_path / "s", [{"method": "sep", "seeds": [0]}], reference="sep")
     job = jobs(load_manifest(root))[0]
@@ -361,7 +364,7 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     assert "seed0: attack.eps: 0.1 → 0.2" in err and "--move-stale" in err
     assert not (job.run_dir / "summary.json").exists()  # nothing ran
 
-    lock = _try_lock(job.run_dir)  # a live worker (this process) still runs the stale run
+    lock = try_lock(job.run_dir)  # a live worker (this process) still runs the stale run
     assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) != 0
     err = capsys.readouterr().err
     assert f"worker pid {os.getpid()}" in err and "nothing was moved" in err
@@ -401,7 +404,7 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
         raise Waited(seconds)
 
     monkeypatch.setattr(sweep.time, "sleep", sleep)
-    lock = _try_lock(m.out_dir / "dense" / "seed0")  # a live worker (this process) trains it
+    lock = try_lock(m.out_dir / "dense" / "seed0")  # a live worker (this process) trains it
     assert lock is not None
     with pytest.raises(Waited):
         sweep._work(m, print, only={"sep"})
@@ -411,7 +414,7 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
 
 def test_a_row_distilled_from_another_waits_for_its_teacher_then_uses_it(tmp_path):
     from sstorch.experiments import sweep
-    from sstorch.experiments.sweep import job_overrides
+    from sstorch.experiments.manifest import job_overrides
 
     rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0], "teacher": "dense"}]
     m = load_manifest(_write_sweep(tmp_path, rows, eval={"pgd_steps": 1, "n": 8}))
@@ -494,7 +497,8 @@ def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
 
 def test_a_job_whose_starting_point_is_only_recorded_gets_a_clear_error(tmp_path, capsys):
     from sstorch.config import load_config
-    from sstorch.experiments.sweep import job_overrides, record_path
+    from sstorch.experiments.manifest import job_overrides
+    from sstorch.experiments.records import record_path
 
     rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0],
                                                  "init_from": "dense"}]

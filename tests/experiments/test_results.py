@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from sstorch.cli import main
-from sstorch.experiments.sweep import load_manifest
+from sstorch.experiments.manifest import load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = [ROOT / "configs" / "paper-fmnist", ROOT / "configs" / "paper-cifar10"]
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sstorch.experiments.bench import markdown_sections, update_section
+from sstorch.experiments.timing import markdown_sections, update_section
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_update_section_replaces_only_its_block(tmp_path):
