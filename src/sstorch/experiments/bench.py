@@ -60,6 +60,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from sstorch.functional.kronecker import mode_products
+from sstorch.io.provenance import cpu_model
 from sstorch.layers.separable import SeparableLinear
 
 __all__ = [
@@ -555,17 +556,8 @@ def update_section(path: str | os.PathLike, key: str, body: str) -> None:
 
 def machine_info() -> dict[str, str]:
     """CPU model (from ``/proc/cpuinfo``), core count, versions and the load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         "torch": torch.__version__,
