@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from sstorch.config import load_config
+from sstorch.io.provenance import cpu_model
 from sstorch.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +49,7 @@ def main() -> None:
                                                   Path(tmp) / f"{r}")
                 times[kind].append(seconds)
     dense, sep = min(times["dense"]), min(times["sep"])
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text()
-                .splitlines() if line.startswith("model name")), platform.processor())
+    cpu = cpu_model() or platform.processor()
     lines = [
         f"Machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
         f"{datetime.date.today()}; best of {args.repeats}.",

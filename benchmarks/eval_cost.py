@@ -4,7 +4,7 @@ An attack step is a forward and a backward pass w.r.t. the input images (PGD, AP
 batch of images, with the model frozen as `sstorch eval` freezes it. This is what the sweep's
 evaluation seconds are made of. Three kinds of model are timed twice, without and with the
 cost-only change evaluation makes: pruned models (dense kernels on the masked weights; the CSR
-weights of `sstorch.layers.baselines.sparse_inference`), the Tucker baseline (tensorly-torch's
+weights of `sstorch.pruning.sparse.sparse_inference`), the Tucker baseline (tensorly-torch's
 forward
 that rebuilds W at every call; sstorch's factor-by-factor contraction) and the VGG-16 models
 (convolution kernels in the standard layout; the channels-last layout of

@@ -16,7 +16,7 @@ in one run:
 
 Size and latency do not depend on trained values, so each model is built from its row's config
 and given the row's structure: a pruned dense MLP keeps the row's mean number of weights
-(``sstorch.layers.baselines.prune_linear_`` on random weights: the same bitmask and value counts as
+(``sstorch.pruning.magnitude.prune_linear_`` on random weights: the same bitmask and value counts as
 the trained pattern), separable factors their ``prune.target``. Accuracy comes from the sweep's
 results only (the test set is never read here).
 

@@ -91,7 +91,7 @@ def test_errors(tmp_path):
 
 
 def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
-    """A magnitude-pruned dense MLP (``weight_mask`` buffers, sstorch.layers.baselines): the file
+    """A magnitude-pruned dense MLP (``weight_mask`` buffers, sstorch.pruning.magnitude): the file
     holds
     each pruned weight as bitmask + values and no mask, so it is far smaller than the dense
     weights; unpacking into a fresh model restores the weights, the masks and the function."""

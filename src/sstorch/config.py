@@ -122,9 +122,9 @@ class ModelConfig:
     separable_groups: list = field(default_factory=lambda: ["mlp"])  # mlp, attn, patch, head
     separate_head: bool = False  # mlp / vgg16: also factorize the classifier layer
     dropout: float = 0.0
-    # Comparison layers for a dense mlp (sstorch.layers.lowrank, .tensorized): none, lowrank (W = AB), tucker
-    # or
-    # tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt: an int rank ≥ 1 or
+    # Comparison layers for a dense mlp (sstorch.layers.lowrank, .tensorized): none, lowrank
+    # (W = AB), tucker or tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt:
+    # an int rank ≥ 1 or
     # a fraction < 1 of each layer's dense parameters.
     baseline: str = "none"
     baseline_rank: float = 1

@@ -69,10 +69,10 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
     ``cfg.hidden`` lists hidden shapes, e.g. ``[[32, 32], [32, 32]]``: the dense MLP uses their
     products as widths (784-1024-1024-10 on Fashion-MNIST), the separable one maps the image's
     modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.baseline`` (dense only) swaps
-    every Linear, the head included, for a comparison layer of :mod:`sstorch.layers.lowrank` / :mod:`sstorch.layers.tensorized`:
-    low rank
-    ``W = A B`` of rank ``baseline_rank``, or a Tucker / TT weight on the same modes as the
-    separable layers (the head's from :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
+    every Linear, the head included, for a comparison layer (:mod:`sstorch.layers.lowrank`,
+    :mod:`sstorch.layers.tensorized`): low rank ``W = A B`` of rank ``baseline_rank``, or a
+    Tucker / TT weight on the same modes as the separable layers (the head's from
+    :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
     """
     hidden = [tuple(h) if isinstance(h, (list, tuple)) else (int(h),) for h in cfg.hidden]
     widths = [math.prod(h) for h in hidden]

@@ -33,8 +33,6 @@ import itertools
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 import warnings
@@ -60,6 +58,7 @@ from sstorch.io.fsutil import (
     lock_dir,
     remove_stale_temps,
 )
+from sstorch.io.provenance import code_version, machine_description
 from sstorch.layers.lowrank import LowRankLinear
 from sstorch.layers.separable import SeparableLinear
 from sstorch.layers.tensorized import TensorizedLinear
@@ -785,47 +784,6 @@ def _batch_size(device: torch.device, image_shape: Sequence[int]) -> int:
     """1000 on CPU, 4096 on CUDA for images up to 32×32×3; ÷16 for larger images."""
     small = math.prod(image_shape) <= 3 * 32 * 32
     return (4096 if small else 256) if device.type == "cuda" else (1000 if small else 64)
-
-
-def _cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def machine_description(device: torch.device) -> str:
-    """``"<CPU model or GPU name>; <OS> <kernel>; torch <version>"`` for result files."""
-    what = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"CPU {_cpu_name()} ({os.cpu_count()} cores), torch threads "
-                 f"{torch.get_num_threads()}")
-    return f"{what}; {platform.system()} {platform.release()}; torch {torch.__version__}"
-
-
-def code_version() -> str:
-    """``"sstorch <version>"``, plus ``(git <commit>[+dirty])`` when the package is a checkout.
-
-    ``+dirty`` means files of the package differ from that commit. Recorded in result files so a
-    number can be traced to the code that produced it.
-    """
-    from sstorch import __version__
-
-    here = Path(__file__).resolve().parents[1]  # the package
-    text = f"sstorch {__version__}"
-    try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                                  timeout=10, check=True).stdout.strip()
-
-        sha = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    except (OSError, subprocess.SubprocessError):
-        return text
-    return f"{text} (git {sha}{'+dirty' if dirty else ''})"
 
 
 # Modules that evaluation never imports (training, orchestration, export, benchmarks): editing

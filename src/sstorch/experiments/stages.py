@@ -95,8 +95,8 @@ def fc_matrices(model: Any) -> list[tuple[str, Any]]:
     from torch import nn
 
     from sstorch.layers.lowrank import LowRankLinear
-    from sstorch.layers.tensorized import TensorizedLinear
     from sstorch.layers.separable import SeparableLinear
+    from sstorch.layers.tensorized import TensorizedLinear
 
     out = []
     for name, mod in model.named_modules():

@@ -18,6 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from sstorch.io.provenance import cpu_model
+
 BUSY_LOAD = 1.5  # 1-min load average before the run above which it is flagged as disturbed
 BUSY_OTHERS = 0.2  # average cores used by *other* processes during the run, ditto
 
@@ -205,17 +207,8 @@ def update_section(path: str | os.PathLike, key: str, body: str) -> None:
 
 def machine_info() -> dict[str, str]:
     """CPU model (from ``/proc/cpuinfo``), core count, versions and the load average."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     info = {
-        "cpu": cpu,
+        "cpu": cpu_model() or platform.processor() or platform.machine(),
         "cores": str(os.cpu_count()),
         "python": platform.python_version(),
         "torch": torch.__version__,
