@@ -12,24 +12,15 @@ Multi-GPU: ``torchrun --nproc_per_node=N -m sstorch train ...`` runs Distributed
 from __future__ import annotations
 
 import contextlib
-import csv
-import fnmatch
-import io
 import json
 import math
-import os
-import random
-import shlex
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -47,15 +38,11 @@ from sstorch.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
     load_weights,
-    read_metadata,
     save_checkpoint,
 )
 from sstorch.io.fsutil import (
-    LOCK_NAME,
-    atomic_write,
     atomic_write_text,
     fs_errors,
-    is_temp_name,
     lock_dir,
     remove_stale_temps,
 )
@@ -72,97 +59,33 @@ from sstorch.structure.init import load_dense_state as load_dense_
 from sstorch.structure.stats import layer_stats
 from sstorch.structure.summary import summary
 from sstorch.training.distill import distill_loss, load_teacher
+from sstorch.training.distributed import (
+    _all_sum,
+    _device,
+    _Dist,
+    _seed_everything,
+    _setup_distributed,
+    _shard,
+    _unwrap,
+)
+from sstorch.training.optim import _lr_lambda, _optimizer
+from sstorch.training.rundir import (
+    RunDirError,
+    _check_fresh,
+    _check_restartable,
+    _delete,
+    _listed,
+    _restart_hint,
+    _tensorboard,
+    _truncate_csv,
+    _write_csv,
+)
 
 __all__ = ["RunDirError", "TrainingDiverged", "evaluate", "train"]
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be trained into as asked (it holds another run, or its run
-    cannot be resumed); the message says what to do."""
-
-
-# What `sstorch train` and the commands after it write into a run directory: --overwrite
-# deletes these (and temporary files), never anything else.
-_RUN_FILES = ("config.yaml", "metrics.csv", "tb", "*.safetensors", "summary.json", "eval.json",
-              "eval.md", "eval.journal.jsonl", "sweep.json", "*.onnx", "*.export.json")
-# Entries that do not make a directory hold a run: the locks of train / eval and of the sweep,
-# and the sweep's note of a failed attempt.
-_NOT_A_RUN = frozenset({LOCK_NAME, ".lock", "sweep-error.txt"})
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _setup_distributed(device_pref: str) -> _Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist()
-    use_cuda = torch.cuda.is_available() and device_pref != "cpu"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local)
-    return _Dist(dist.get_rank(), dist.get_world_size(), local)
-
-
-def _device(pref: str, d: _Dist) -> torch.device:
-    if pref == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA GPU is available; use device=auto or cpu")
-    if pref == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", d.local_rank)
-
-
-def _seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def _lr_lambda(cfg: Config, total_steps: int):
-    o = cfg.optim
-    milestones = [int(m * total_steps) if m < 1 else int(m) for m in o.milestones]
-
-    def fn(step: int) -> float:
-        t = step / max(total_steps, 1)
-        if o.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        if o.schedule == "multistep":
-            return o.gamma ** sum(step >= m for m in milestones)
-        if o.schedule == "onecycle":  # linear up to the peak at 30%, linear down to 0
-            return t / 0.3 if t < 0.3 else max(0.0, (1 - t) / 0.7)
-        return 1.0
-
-    return fn
-
-
-def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.momentum > 0)
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
 
 
 def eps_scale(cfg: Config, step: int, steps_per_epoch: int) -> float:
@@ -214,21 +137,6 @@ def _adv_loss(cfg: Config, model: nn.Module, x: Tensor, y: Tensor,
     return F.cross_entropy(logits, y), logits
 
 
-def _shard(dataset, d: _Dist):
-    """Every rank evaluates a disjoint slice; sums are all-reduced (no padding duplicates)."""
-    if d.world == 1:
-        return dataset
-    return Subset(dataset, list(range(d.rank, len(dataset), d.world)))
-
-
-def _all_sum(values: list[float], device: torch.device, d: _Dist) -> list[float]:
-    if d.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
              attack: PGD | None = None, d: _Dist | None = None) -> dict[str, float]:
     """Clean accuracy and (if ``attack``) robust accuracy, summed over ranks.
@@ -253,62 +161,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
     if attack is not None:
         out["robust_acc"] = robust / max(total, 1)
     return out
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of ``metrics.csv`` (none if absent); rows without a readable epoch
-    (a line cut by a kill in a file written before writes were atomic) are dropped."""
-    if not path.exists():
-        return [], []
-    with fs_errors(path), path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header, rows = list(reader.fieldnames or []), list(reader)
-
-    def epoch_ok(r: dict[str, str]) -> bool:
-        try:
-            return int(r.get("epoch") or "") >= 1
-        except ValueError:
-            return False
-
-    return header, [r for r in rows if epoch_ok(r)]
-
-
-def _write_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, header)
-    w.writeheader()
-    w.writerows(rows)
-    text = buf.getvalue()
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
-
-
-def _write_csv(path: Path, row: dict[str, Any]) -> None:
-    """Add ``row`` to ``metrics.csv``: the whole file is rewritten atomically (it is small), so
-    a kill never leaves half a row. New columns (e.g. resume with new layers) are appended."""
-    header, rows = _read_rows(path)
-    _write_rows(path, list(dict.fromkeys(header + list(row))), [*rows, row])
-
-
-def _truncate_csv(path: Path, first_epoch: int) -> None:
-    """Drop rows of epochs ≥ ``first_epoch`` (written before a crash, not in the checkpoint)."""
-    if not path.exists():
-        return
-    header, rows = _read_rows(path)
-    keep = [r for r in rows if int(r["epoch"]) < first_epoch]
-    if len(keep) != len(rows) or not header:
-        _write_rows(path, header or ["epoch"], keep)
-
-
-def _tensorboard(run_dir: Path, first_epoch: int):
-    """A TensorBoard writer for ``run_dir/tb`` (None without tensorboard); events of epochs
-    ≥ ``first_epoch`` left by an interrupted run are purged."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    purge = first_epoch if first_epoch > 1 else None
-    with fs_errors(run_dir / "tb"):
-        return SummaryWriter(str(run_dir / "tb"), purge_step=purge)
 
 
 def _subset(ds, n: int | None):
@@ -380,85 +232,6 @@ def _final_keep(model: nn.Module, p: PruneConfig) -> int:
     total = sum(layer.weight.numel() for _, layer in linear_layers(model))
     return min(total, p.keep if p.keep is not None
                else total - math.floor(p.target * total + 1e-9))
-
-
-def _run_entries(run_dir: Path) -> list[str]:
-    """What ``run_dir`` holds besides locks, the sweep's error note and temporary files."""
-    with fs_errors(run_dir):
-        return sorted(e for e in os.listdir(run_dir)
-                      if e not in _NOT_A_RUN and not is_temp_name(e))
-
-
-def _listed(names: list[str], limit: int = 5) -> str:
-    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _check_fresh(run_dir: Path, overwrite: bool) -> list[str]:
-    """The entries ``--overwrite`` will delete; RunDirError if ``run_dir`` holds a run and
-    ``overwrite`` is off, or holds files that `sstorch train` does not write."""
-    entries = _run_entries(run_dir)
-    if entries and not overwrite:
-        raise RunDirError(
-            f"{run_dir} already holds a run ({_listed(entries)}); continue it with `sstorch "
-            f"train --resume {shlex.quote(str(run_dir))}`, replace it with --overwrite (deletes "
-            "its files first), or choose another run name (--set name=...)")
-    unknown = [e for e in entries
-               if not any(fnmatch.fnmatchcase(e, pattern) for pattern in _RUN_FILES)]
-    if unknown:
-        raise RunDirError(
-            f"--overwrite: {run_dir} holds files `sstorch train` does not write "
-            f"({_listed(unknown)}); move them away or choose another run directory; nothing "
-            "was deleted")
-    return entries
-
-
-def _delete(run_dir: Path, names: list[str]) -> None:
-    """Delete ``names`` in ``run_dir`` (config.yaml last, so an interrupted delete still
-    reads as a run)."""
-    for name in sorted(names, key=lambda n: n == "config.yaml"):
-        path = run_dir / name
-        with fs_errors(path):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-
-
-def _restart_hint(run_dir: Path) -> str:
-    """How to train ``run_dir`` again from epoch 1, and how to start a new run from its best
-    weights (when it has them): commands that work as printed."""
-    q = shlex.quote
-    place = f"out_dir={q(str(run_dir.parent))} name={q(run_dir.name)}"
-    hint = (f"start it again from epoch 1: sstorch train --config "
-            f"{q(str(run_dir / 'config.yaml'))} --set {place} --overwrite")
-    best = run_dir / "best.safetensors"
-    if best.is_file():
-        hint += (f"; or start a new run from its best weights: sstorch train --config "
-                 f"{q(str(run_dir / 'config.yaml'))} --set out_dir={q(str(run_dir.parent))} "
-                 f"name={q(run_dir.name + '-2')} init_from={q(str(best))}")
-    return hint
-
-
-def _check_restartable(run_dir: Path) -> None:
-    """``--resume`` without ``last.safetensors``: fine (epoch 1 again) when the run was killed
-    before its first checkpoint; RunDirError when it got further (its checkpoint is lost)."""
-    last = run_dir / "last.safetensors"
-    if not (run_dir / "config.yaml").is_file():
-        raise RunDirError(f"cannot resume: {last} does not exist; pass the run directory of an "
-                          "earlier `sstorch train`")
-    reason = None
-    if (run_dir / "summary.json").is_file():
-        reason = "it has a summary.json: the run had finished"
-    elif (run_dir / "best.safetensors").is_file():
-        try:
-            epoch = read_metadata(run_dir / "best.safetensors").get("epoch")
-        except CheckpointError:
-            epoch = None
-        if epoch != 1:
-            reason = f"its best.safetensors is from epoch {epoch}"
-    if reason is not None:
-        raise RunDirError(f"cannot resume: {last} does not exist but the run got past its "
-                          f"first epoch ({reason}); {_restart_hint(run_dir)}")
 
 
 def _check_constraints(cfg: Config) -> None:
