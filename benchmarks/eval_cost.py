@@ -8,7 +8,7 @@ weights of `sstorch.pruning.sparse.sparse_inference`), the Tucker baseline (tens
 forward
 that rebuilds W at every call; sstorch's factor-by-factor contraction) and the VGG-16 models
 (convolution kernels in the standard layout; the channels-last layout of
-`sstorch.eval.run.channels_last_inference`). Weights are freshly initialised (timing does not
+`sstorch.eval.common.channels_last_inference`). Weights are freshly initialised (timing does not
 depend on them; the pruned model keeps the configured number of weights by global magnitude).
 Round-robin timing, so load changes hit every model alike; ratios are to `dense-mlp` in the same
 run.
@@ -33,7 +33,7 @@ from torch import nn
 
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, canonical_name
-from sstorch.eval.run import _frozen
+from sstorch.eval.common import _frozen
 from sstorch.experiments.timing import cpu_seconds, machine_info, time_interleaved
 from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model

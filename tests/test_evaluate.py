@@ -18,16 +18,11 @@ from torch.utils.data import DataLoader, TensorDataset
 import sstorch
 from digits_models import fit, held_out
 from sstorch.config import load_config
-from sstorch.eval.run import (
-    SanityCheck,
-    _frozen,
-    certify,
-    channels_last_inference,
-    evaluate_attacks,
-    lipschitz_bound,
-    main_eval,
-    sanity_checks,
-)
+from sstorch.eval.certify import certify, lipschitz_bound
+from sstorch.eval.common import _frozen, channels_last_inference
+from sstorch.eval.run import main_eval
+from sstorch.eval.sanity import SanityCheck, sanity_checks
+from sstorch.eval.worst_case import evaluate_attacks
 from sstorch.io.checkpoint import CheckpointError
 from sstorch.layers.separable import SeparableLinear
 from sstorch.models import ImageClassifier
@@ -306,7 +301,7 @@ def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
     import subprocess
 
     from sstorch import __version__
-    from sstorch.eval.run import code_version
+    from sstorch.io.provenance import code_version
 
     text = code_version()
     assert text.startswith(f"sstorch {__version__}")

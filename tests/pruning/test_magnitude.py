@@ -14,7 +14,7 @@ from torch import nn
 
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO
-from sstorch.eval.run import _frozen
+from sstorch.eval.common import _frozen
 from sstorch.io.checkpoint import load_checkpoint, save_checkpoint
 from sstorch.models import build_model
 from sstorch.pruning.hydra import Hydra

@@ -22,16 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from sstorch.eval.run import (
-    SanityCheck,
-    _check_eps,
-    _device_of,
-    _frozen,
-    _make_attack,
-    evaluate_attacks,
-    parse_attacks,
-    sanity_checks,
-)
+from sstorch.eval.common import _check_eps, _device_of, _frozen, _make_attack
+from sstorch.eval.run import parse_attacks
+from sstorch.eval.sanity import SanityCheck, sanity_checks
+from sstorch.eval.worst_case import evaluate_attacks
 
 __all__ = ["RobustnessReport", "evaluate"]
 
@@ -143,7 +137,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader | tuple[Tensor, Tensor
         attacks: names from :data:`sstorch.attacks.ATTACKS`, run in order on the examples
             still correct (default PGD-50 with Madry's step 2.5ε/50, then the standard
             AutoAttack: APGD-CE, APGD-T, FAB-T, Square).
-        sanity: run the sanity checks of :func:`sstorch.eval.run.sanity_checks` on the first
+        sanity: run the sanity checks of :func:`sstorch.eval.sanity.sanity_checks` on the first
             ``sanity_n`` examples (Square on ``square_n``). A failed check means the attack
             numbers are not to be trusted (gradient masking, a randomised model, …).
         attack_kwargs: constructor arguments per attack, e.g. ``{"pgd": {"steps": 100}}``.

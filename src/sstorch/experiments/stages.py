@@ -131,8 +131,8 @@ def log10_kappa_fc(run_dir: Path) -> float:
 
 def evaluation_progress(run_dir: Path) -> tuple[int, int] | None:
     """(batches, images) an unfinished evaluation of ``run_dir`` has journalled under its most
-    recent key (``eval.journal.jsonl``, see :func:`sstorch.eval.run.evaluate_attacks`), or None
-    without a journal. Lines of older keys (another checkpoint or evaluation code: a resumed
+    recent key (``eval.journal.jsonl``, see :func:`sstorch.eval.worst_case.evaluate_attacks`),
+    or None without a journal. Lines of older keys (another checkpoint or evaluation code: a resumed
     evaluation would redo them), damaged lines and the per-attack lines of unfinished batches
     are not counted."""
     path = run_dir / "eval.journal.jsonl"

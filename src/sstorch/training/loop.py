@@ -32,7 +32,6 @@ from tqdm import tqdm
 from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.config import Config, ConfigError, PruneConfig
 from sstorch.data import DATASET_INFO, build_datasets, canonical_name
-from sstorch.eval.run import code_version, machine_description
 from sstorch.io.checkpoint import (
     CheckpointCorrupted,
     CheckpointError,
@@ -46,6 +45,7 @@ from sstorch.io.fsutil import (
     lock_dir,
     remove_stale_temps,
 )
+from sstorch.io.provenance import code_version, machine_description
 from sstorch.layers.lowrank import LowRankLinear
 from sstorch.layers.separable import SeparableLinear
 from sstorch.layers.tensorized import TensorizedLinear
