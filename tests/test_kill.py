@@ -84,12 +84,12 @@ def install(kind, n, when):
             real(tensors, filename, metadata=metadata)
         sstorch.io.checkpoint.save_file = save_file
     elif kind == "step":  # inside a training step
-        real = sstorch.training.loop._adv_loss
+        real = sstorch.training.loop.training_loss
         def adv_loss(*a, **k):
             if hit():
                 die()
             return real(*a, **k)
-        sstorch.training.loop._adv_loss = adv_loss
+        sstorch.training.loop.training_loss = adv_loss
     elif kind == "eval":  # validation of an epoch, or the final test
         real = sstorch.training.loop.evaluate
         def evaluate(*a, **k):

@@ -30,7 +30,8 @@ from sstorch.pruning.hydra import Hydra
 from sstorch.pruning.magnitude import keep_schedule, prune_linear_
 from sstorch.structure.init import load_dense_state
 from sstorch.structure.summary import summary
-from sstorch.training.loop import _init_from, train
+from sstorch.training.init import init_from as _init_from
+from sstorch.training.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 needs_tltorch = pytest.mark.skipif(importlib.util.find_spec("tltorch") is None,

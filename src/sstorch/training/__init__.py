@@ -1,2 +1,2 @@
-"""Adversarial training (:mod:`~sstorch.training.loop`) and robust distillation
-(:mod:`~sstorch.training.distill`)."""
+"""Adversarial training (:func:`sstorch.training.loop.train`; the objectives in
+:mod:`~sstorch.training.objectives`) and robust distillation (:mod:`~sstorch.training.distill`)."""

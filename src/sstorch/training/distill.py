@@ -73,7 +73,7 @@ def distill_loss(student: nn.Module, teacher: nn.Module, x: Tensor, y: Tensor,
 
     ``core`` is the unwrapped student (no DDP gradient sync while crafting ``x'``); the
     adversary runs with the student in eval mode and the loss in train mode, as in
-    :func:`sstorch.training.loop._adv_loss`.
+    :func:`sstorch.training.objectives.training_loss`.
     """
     core = core if core is not None else student
     with torch.no_grad():

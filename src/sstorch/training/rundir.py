@@ -1,19 +1,34 @@
 """The run directory of ``sstorch train``: what it may hold, the fresh / resume / restart
-checks, and its ``metrics.csv`` and TensorBoard writers."""
+checks (:func:`plan_run`, :func:`open_run_dir`), and its ``metrics.csv`` and TensorBoard
+writers."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import io
 import os
 import shlex
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from sstorch.config import Config
 from sstorch.io.checkpoint import CheckpointError, read_metadata
-from sstorch.io.fsutil import LOCK_NAME, atomic_write, fs_errors, is_temp_name
+from sstorch.io.fsutil import (
+    LOCK_NAME,
+    atomic_write,
+    atomic_write_text,
+    fs_errors,
+    is_temp_name,
+    lock_dir,
+    remove_stale_temps,
+)
 
 
 class RunDirError(ValueError):
@@ -165,3 +180,75 @@ def _check_restartable(run_dir: Path) -> None:
     if reason is not None:
         raise RunDirError(f"cannot resume: {last} does not exist but the run got past its "
                           f"first epoch ({reason}); {_restart_hint(run_dir)}")
+
+
+@dataclass
+class RunPlan:
+    """Where a run lives and how it starts: fresh, resumed, or (``restart``) resumed but
+    killed before its first checkpoint, so trained again from epoch 1."""
+
+    run_dir: Path
+    resume: bool
+    overwrite: bool
+    restart: bool = False
+    locked: bool = False
+    to_delete: list[str] = field(default_factory=list)  # a fresh run's --overwrite victims
+
+    @property
+    def last(self) -> Path:
+        """The checkpoint a resumed run continues from."""
+        return self.run_dir / "last.safetensors"
+
+    def lock(self, stack: contextlib.ExitStack, log: Callable[[str], Any]) -> None:
+        """Lock the directory for the rest of ``stack``, remove temporary files of
+        interrupted writes and, for a fresh run, check that it may be written into."""
+        stack.enter_context(lock_dir(self.run_dir, "sstorch train"))
+        self.locked = True
+        if removed := remove_stale_temps(self.run_dir):
+            log(f"removed {len(removed)} temporary file(s) of interrupted writes in "
+                f"{self.run_dir}: {_listed([p.name for p in removed])}")
+        if not self.resume:
+            self.to_delete = _check_fresh(self.run_dir, self.overwrite)
+
+
+def plan_run(cfg: Config, resume: str | Path | None, overwrite: bool, main: bool,
+             stack: contextlib.ExitStack, log: Callable[[str], Any]) -> RunPlan:
+    """Check the run directory before the (slow) data loading; the main process locks it
+    when it exists already. Nothing in it changes yet."""
+    run_dir = Path(resume) if resume is not None else Path(cfg.out_dir) / cfg.name
+    if resume is not None and not run_dir.is_dir():
+        raise RunDirError(f"cannot resume: {run_dir} is not a directory; pass the run directory "
+                          "of an earlier `sstorch train`")
+    plan = RunPlan(run_dir, resume is not None, overwrite)
+    if main and run_dir.is_dir():
+        plan.lock(stack, log)
+    plan.restart = plan.resume and not plan.last.is_file()  # killed before its 1st checkpoint
+    if plan.restart:
+        _check_restartable(run_dir)
+    return plan
+
+
+def open_run_dir(cfg: Config, plan: RunPlan, start_epoch: int, stack: contextlib.ExitStack,
+                 log: Callable[[str], Any]) -> None:
+    """Make the run directory ready for epoch ``start_epoch`` (main process only, once data,
+    model and checkpoint are known to be valid): lock it, delete what ``--overwrite`` or a
+    restart replaces, write ``config.yaml`` and cut ``metrics.csv`` back."""
+    run_dir = plan.run_dir
+    if not plan.locked:
+        with fs_errors(run_dir):
+            run_dir.mkdir(parents=True, exist_ok=True)
+        plan.lock(stack, log)
+    if plan.to_delete:
+        _delete(run_dir, plan.to_delete)
+        log(f"--overwrite: deleted the previous run's files in {run_dir} "
+            f"({_listed(plan.to_delete)})")
+    if plan.restart:  # what the killed first attempt wrote before its first checkpoint
+        _delete(run_dir, [n for n in ("metrics.csv", "tb", "best.safetensors")
+                          if (run_dir / n).exists()])
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _truncate_csv(run_dir / "metrics.csv", start_epoch)
+    if plan.restart:
+        log(f"no checkpoint in {run_dir} yet (stopped during epoch 1): starting it again "
+            "from epoch 1")
+    elif plan.resume:
+        log(f"resumed {run_dir} at epoch {start_epoch}")

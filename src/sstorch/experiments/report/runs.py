@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from sstorch.training.results import parse_pgd_key
+
 DASH = "—"
 EPS_LABEL = "ε (L∞, pixel scale 0–1)"
 
@@ -136,9 +138,9 @@ class Run:
             steps = entry.get("steps") or "".join(re.findall(r"\d+", name))
             return entry["acc"], (f"PGD-{steps}" if steps else name.upper())
         for key, value in (self.summary or {}).items():
-            m = re.fullmatch(r"test_pgd(\d+)_acc", key)
-            if m and value is not None:
-                return value, f"PGD-{m.group(1)}"
+            pgd_steps = parse_pgd_key(key)
+            if pgd_steps is not None and value is not None:
+                return value, f"PGD-{pgd_steps}"
         return None
 
     @property

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import sstorch.training.loop as train_mod
+import sstorch.training.records as records_mod
 from sstorch.cli import main
 from sstorch.config import load_config
 from sstorch.io.checkpoint import load_weights, read_metadata
@@ -228,15 +229,15 @@ def test_damaged_init_from_is_reported_as_damaged(finished, tmp_path, capsys):
 def _killed_in_epoch_1(monkeypatch, cfg) -> Path:
     """Train until the first checkpoint write, which is interrupted: metrics.csv has epoch 1's
     row, TensorBoard its events, and there is no last.safetensors."""
-    real = train_mod.save_checkpoint
+    real = records_mod.save_checkpoint
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", killed)
+    monkeypatch.setattr(records_mod, "save_checkpoint", killed)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, **QUIET)
-    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    monkeypatch.setattr(records_mod, "save_checkpoint", real)
     run_dir = Path(cfg.out_dir) / cfg.name
     assert _epochs(run_dir) == ["1"] and not (run_dir / "last.safetensors").exists()
     return run_dir
@@ -277,7 +278,7 @@ def test_resume_without_checkpoint_of_a_run_that_got_further_is_refused(finished
 
 
 def test_ctrl_c_is_one_line_with_the_resume_command(tmp_path, monkeypatch, capsys):
-    real = train_mod._adv_loss
+    real = train_mod.training_loss
     calls = [0]
 
     def interrupted(*args, **kwargs):
@@ -286,7 +287,7 @@ def test_ctrl_c_is_one_line_with_the_resume_command(tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "_adv_loss", interrupted)
+    monkeypatch.setattr(train_mod, "training_loss", interrupted)
     try:
         code = main(["train", "--set", *_sets(tmp_path, "c", epochs=2)])
     except KeyboardInterrupt:
@@ -297,7 +298,7 @@ def test_ctrl_c_is_one_line_with_the_resume_command(tmp_path, monkeypatch, capsy
     lines = [x for x in err.replace("\r", "\n").splitlines() if x.startswith("sstorch")]
     run_dir = tmp_path / "c"
     assert lines == [f"sstorch train: interrupted; resume with: sstorch train --resume {run_dir}"]
-    monkeypatch.setattr(train_mod, "_adv_loss", real)
+    monkeypatch.setattr(train_mod, "training_loss", real)
     assert main(["train", "--resume", str(run_dir)]) == 0
     assert _epochs(run_dir) == ["1", "2"]
 

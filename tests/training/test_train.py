@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 import sstorch.training.loop as train_mod
+import sstorch.training.objectives as objectives_mod
+import sstorch.training.records as records_mod
+import sstorch.training.validate as validate_mod
 from sstorch import attacks
 from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.cli import main
@@ -108,9 +111,10 @@ def spy_attacks(monkeypatch):
         calls.append(("trades", eps, steps, images.detach().clone(), out))
         return out
 
-    monkeypatch.setattr(train_mod, "PGD", SpyPGD)
-    monkeypatch.setattr(train_mod, "FGSM", SpyFGSM)
-    monkeypatch.setattr(train_mod, "trades_adversary", spy_trades)
+    monkeypatch.setattr(objectives_mod, "PGD", SpyPGD)  # training
+    monkeypatch.setattr(objectives_mod, "FGSM", SpyFGSM)
+    monkeypatch.setattr(objectives_mod, "trades_adversary", spy_trades)
+    monkeypatch.setattr(validate_mod, "PGD", SpyPGD)  # validation and test
     return calls
 
 
@@ -119,7 +123,7 @@ def nan_after(monkeypatch):
     """``nan_after(k)``: the training loss becomes NaN from the (k+1)-th step on."""
 
     def arm(k: int) -> None:
-        original = train_mod._adv_loss
+        original = train_mod.training_loss
         count = [0]
 
         def patched(*args, **kwargs):
@@ -127,7 +131,7 @@ def nan_after(monkeypatch):
             count[0] += 1
             return (loss * float("nan") if count[0] > k else loss), logits
 
-        monkeypatch.setattr(train_mod, "_adv_loss", patched)
+        monkeypatch.setattr(train_mod, "training_loss", patched)
 
     return arm
 
@@ -260,7 +264,7 @@ def test_each_training_attack_runs(tmp_path, spy_attacks, attack):
 
 
 def test_eps_warmup_ramps_eps_and_step_size_linearly_by_step(tmp_path, spy_attacks):
-    from sstorch.training.loop import eps_scale
+    from sstorch.training.objectives import eps_scale
 
     cfg = _cfg(tmp_path, "warm", epochs=2, attack__steps=3, attack__eps_warmup_epochs=1.5)
     assert [eps_scale(cfg, s, 4) for s in (0, 2, 5, 6, 40)] == [1 / 6, 0.5, 1.0, 1.0, 1.0]
@@ -364,18 +368,18 @@ def test_cli_resume_continues_a_run(tmp_path, tiny_run, capsys):
 def test_resume_after_failed_checkpoint_write_keeps_one_row_per_epoch(tmp_path, monkeypatch):
     """metrics.csv gets epoch 2's row before last.safetensors is written; if that write fails
     (disk full), resuming re-runs epoch 2 and must not leave two rows for it."""
-    original = train_mod.save_checkpoint
+    original = records_mod.save_checkpoint
 
     def fails_at_epoch_2(path, *args, **kwargs):
         if Path(path).name == "last.safetensors" and kwargs["extra"]["epoch"] == 2:
             raise CheckpointError(f"cannot save checkpoint {path}: No space left on device")
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "save_checkpoint", fails_at_epoch_2)
+    monkeypatch.setattr(records_mod, "save_checkpoint", fails_at_epoch_2)
     cfg = _cfg(tmp_path, "crash", epochs=2)
     with pytest.raises(CheckpointError, match="No space left"):
         train(cfg, log=lambda msg: None)
-    monkeypatch.setattr(train_mod, "save_checkpoint", original)
+    monkeypatch.setattr(records_mod, "save_checkpoint", original)
     run_dir = train(cfg, resume=tmp_path / "crash", log=lambda msg: None)
     assert read_metadata(run_dir / "last.safetensors")["epoch"] == 2
     assert [r["epoch"] for r in _rows(run_dir)] == ["1", "2"]
