@@ -43,7 +43,9 @@ __all__ = [
     "keep_schedule",
     "linear_layers",
     "prune_linear_",
+    "relinear",
     "remove_linear_masks_",
+    "replace_module",
     "sync_linear_masks_",
 ]
 
