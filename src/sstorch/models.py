@@ -48,8 +48,8 @@ class ImageClassifier(nn.Module):
         self.net = net
         self.image_shape = tuple(image_shape)
         # Pruned nn.Linear layers carry weight_mask buffers (sstorch.pruning.magnitude): the state
-        # being
-        # loaded decides which layers are pruned, and their zeros are re-armed after loading.
+        # being loaded decides which layers are pruned; after loading their masked weights are
+        # zeroed and HYDRA's score phase gets its ScoredLinear layers back.
         self.register_load_state_dict_post_hook(_rezero_pruned)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 from sstorch.functional.kronecker import kron
 from sstorch.layers.separable import SeparableLinear
 from sstorch.pruning.factor import apply_masks_, prune_factors, remove_masks_
+from sstorch.pruning.masks import keep_pruned_zero
 
 F64 = torch.float64
 
@@ -116,17 +117,27 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int) -> None:
 def test_zeros_survive_optimizer_steps(make_opt):
     torch.manual_seed(0)
     layer = _layer((4, 5), (3, 6))
-    opt = make_opt(layer.parameters())
-    _train(layer, opt, 5)  # momentum / moments accumulated before pruning
-    prune_factors(layer, 0.5)
-    _train(layer, opt, 5)
-    for k, u in enumerate(layer.factors):
+    twin = _layer((4, 5), (3, 6))
+    opt, unarmed = make_opt(layer.parameters()), make_opt(twin.parameters())
+    handle = keep_pruned_zero(opt, layer)
+    for model, o in ((layer, opt), (twin, unarmed)):
+        torch.manual_seed(1)
+        _train(model, o, 5)  # momentum / moments accumulated before pruning
+        prune_factors(model, 0.5)
+        _train(model, o, 5)
+    for k, (u, v) in enumerate(zip(layer.factors, twin.factors, strict=True)):
         masked = getattr(layer, f"mask_{k}") == 0
         assert torch.all(u[masked] == 0)
-        # Without the post-step hook the optimizer would move these entries:
+        # Without the post-step hook the optimizer would move these entries (the hook belongs
+        # to `opt` alone: the twin's optimizer is not armed, and its pruned entries drift):
         state = opt.state[u]
         buf = state.get("momentum_buffer", state.get("exp_avg"))
         assert buf[masked].abs().max() > 0
+        assert v[getattr(twin, f"mask_{k}") == 0].abs().max() > 0
+    handle.remove()
+    _train(layer, opt, 1)
+    assert any((u[getattr(layer, f"mask_{k}") == 0] != 0).any()
+               for k, u in enumerate(layer.factors))
 
 
 def test_masks_survive_safetensors_roundtrip(tmp_path):
@@ -146,8 +157,9 @@ def test_masks_survive_safetensors_roundtrip(tmp_path):
             assert torch.equal(getattr(old, f"mask_{k}"), getattr(new, f"mask_{k}"))
     x = torch.randn(8, 4, 5)
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
-    assert apply_masks_(fresh) == 2  # re-arms the post-step hook for the loaded layers
+    assert apply_masks_(fresh) == 2  # the loaded layers are pruned
     opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    keep_pruned_zero(opt, fresh)
     for _ in range(3):
         opt.zero_grad()
         fresh(torch.randn(8, 4, 5)).sum().backward()
@@ -164,6 +176,7 @@ def test_loaded_masks_stay_real_without_apply_masks(tmp_path):
     save_file(model.state_dict(), str(path))
     fresh = nn.Sequential(SeparableLinear((4, 5), (3, 6)))
     opt = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    keep_pruned_zero(opt, fresh)  # armed before the model is pruned: it follows the masks
     for _ in range(3):  # Adam moments at every entry before the masks arrive
         opt.zero_grad()
         fresh(torch.randn(8, 4, 5)).sum().backward()

@@ -18,8 +18,14 @@ from sstorch.eval.common import _frozen
 from sstorch.io.checkpoint import load_checkpoint, save_checkpoint
 from sstorch.models import build_model
 from sstorch.pruning.hydra import Hydra
-from sstorch.pruning.magnitude import keep_schedule, prune_linear_, remove_linear_masks_
-from sstorch.pruning.sparse import sparse_inference
+from sstorch.pruning.magnitude import (
+    ScoredLinear,
+    keep_schedule,
+    prune_linear_,
+    remove_linear_masks_,
+)
+from sstorch.pruning.masks import keep_pruned_zero
+from sstorch.pruning.sparse import SparseLinear, sparse_inference
 from sstorch.structure.summary import summary
 
 pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
@@ -83,23 +89,29 @@ def test_sparse_inference_computes_the_same_function_and_input_gradients():
     x = torch.rand(7, model[0].in_features, requires_grad=True)
     dense_y = model(x)
     (dense_g,) = torch.autograd.grad(dense_y.square().sum(), x)
+    originals = list(model)
+    keys = list(model.state_dict())
     with sparse_inference(model) as n:
         assert n == 2
-        assert [("forward" in vars(m)) for m in (model[0], model[2], model[4])] == [
-            True, True, False]
-        assert model[0]._csr_weight.layout == torch.sparse_csr
+        assert [type(m) for m in (model[0], model[2], model[4])] == [
+            SparseLinear, SparseLinear, nn.Linear]
+        assert model[0].csr_weight.layout == torch.sparse_csr
+        assert model[0].weight is originals[0].weight  # shared, not copied
+        assert model[0].weight_mask is originals[0].weight_mask
+        assert list(model.state_dict()) == keys
         y = model(x)
         (g,) = torch.autograd.grad(y.square().sum(), x)
         with sparse_inference(model) as inner:  # nested: nothing swapped twice
             assert inner == 0
-        assert "forward" in vars(model[0])
+        assert isinstance(model[0], SparseLinear)
     torch.testing.assert_close(y, dense_y, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(g, dense_g, atol=1e-6, rtol=1e-5)
-    assert not any("forward" in vars(m) or hasattr(m, "_csr_weight") for m in model)
+    assert all(a is b for a, b in zip(model, originals, strict=True))  # put back
+    assert not any(isinstance(m, SparseLinear) or "forward" in vars(m) for m in model.modules())
     with _frozen(model):
-        assert "forward" in vars(model[0])
+        assert isinstance(model[0], SparseLinear)
         torch.testing.assert_close(model(x), dense_y, atol=1e-6, rtol=1e-5)
-    assert "forward" not in vars(model[0])
+    assert type(model[0]) is nn.Linear and model[0] is originals[0]
     with sparse_inference(_mlp()) as none:  # nothing pruned: nothing to do
         assert none == 0
 
@@ -129,6 +141,7 @@ def test_masked_weights_stay_zero_through_momentum_and_weight_decay(opt_name):
     opt = (torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, nesterov=True,
                            weight_decay=1e-2) if opt_name == "sgd"
            else torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=1e-2))
+    keep_pruned_zero(opt, model)
     x, y = torch.randn(32, 20), torch.randint(0, 5, (32,))
     for _ in range(5):
         opt.zero_grad()
@@ -145,8 +158,8 @@ def test_masked_weights_stay_zero_through_momentum_and_weight_decay(opt_name):
 
 
 def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
-    """The fresh ImageClassifier has no mask buffers: loading creates them and re-arms the
-    post-step hook, so training on after loading keeps the zeros."""
+    """The fresh ImageClassifier has no mask buffers: loading creates them, so an optimizer
+    armed with keep_pruned_zero keeps the zeros when training goes on after loading."""
     model = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
     prune_linear_(model, keep=500)
     nnz = _nnz(model)
@@ -157,6 +170,7 @@ def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
     assert _nnz(fresh) == nnz and _weight_nnz(fresh) == 500
     torch.testing.assert_close(fresh.net[1].weight_mask, model.net[1].weight_mask)
     opt = torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9)
+    keep_pruned_zero(opt, fresh)
     for _ in range(3):
         opt.zero_grad()
         fresh(torch.rand(8, 1, 28, 28)).logsumexp(1).sum().backward()
@@ -178,8 +192,11 @@ def test_hydra_starts_at_the_magnitude_mask_and_learns_scores_straight_through()
     prune_linear_(ref, keep=97)
     hydra = Hydra(model, keep=97, momentum=0.9)
     assert not hydra.active
+    before = list(model)
     hydra.attach()
     layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(type(m) is ScoredLinear for m in layers)
+    assert all(m.weight is b.weight for m, b in zip(layers, before[::2], strict=True))
     refs = [m for m in ref.modules() if isinstance(m, nn.Linear)]
     for layer, r in zip(layers, refs, strict=True):
         torch.testing.assert_close(layer.weight_mask, r.weight_mask)
@@ -208,8 +225,11 @@ def test_hydra_starts_at_the_magnitude_mask_and_learns_scores_straight_through()
     kept = hydra.finalize()
     assert sum(kept.values()) == 97 == _weight_nnz(model) and not hydra.active
     assert all(p.requires_grad for p in model.parameters())
-    assert not hasattr(layers[0], "weight_score") and "forward" not in vars(layers[0])
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert all(type(m) is nn.Linear and not hasattr(m, "weight_score") for m in layers)
+    assert sorted(model.state_dict()) == sorted(ref.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    keep_pruned_zero(opt, model)
     for _ in range(3):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()

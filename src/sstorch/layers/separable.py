@@ -3,19 +3,22 @@
 Wei et al., "Learning Robust and Lightweight Model through Separable Structured
 Transformations" (arXiv 2112.13551) replace a fully-connected layer's weight by a Kronecker
 product of small matrices applied mode by mode to the *unflattened* input.
+
+Pruning (:mod:`sstorch.pruning.factor`) gives factor ``k`` a ``mask_k`` buffer; the forward
+uses ``U_k ⊙ mask_k`` and :meth:`SeparableLinear.apply_masks_` sets the stored masked entries to
+exactly 0. The layer holds no other pruning state: keeping those zeros through optimizer steps
+is the job of the optimizer's owner (:func:`sstorch.pruning.masks.keep_pruned_zero`).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from sstorch.functional.kronecker import kron_sum, mode_products
 from sstorch.functional.nearest import nearest_kronecker
@@ -36,40 +39,6 @@ def _as_shape(shape: int | Sequence[int], what: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise ValueError(f"{what} must be a non-empty sequence of positive ints, got {shape}")
     return shape
-
-
-# Pruned layers (SeparableLinear with mask_k buffers, pruned nn.Linear with a weight_mask, see
-# sstorch.pruning.magnitude). Momentum, Adam moments and decoupled weight decay move masked entries
-# even
-# though their gradient is 0, so one global optimizer post-step hook puts the zeros back after
-# every step of every optimizer. Each tracked module maps to the function that re-zeroes it.
-_MASKED: weakref.WeakKeyDictionary[nn.Module, Callable[[nn.Module], None]] = (
-    weakref.WeakKeyDictionary())
-_MASK_HOOK = None
-
-
-def _rezero_masked_layers(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-    for layer, rezero in list(_MASKED.items()):
-        rezero(layer)
-
-
-def _apply_masks(layer: nn.Module) -> None:
-    layer.apply_masks_()
-
-
-def track_masked(layer: nn.Module, rezero: Callable[[nn.Module], None] = _apply_masks) -> None:
-    """Keep ``layer``'s masked entries exactly 0 after every optimizer step (see above).
-
-    ``rezero(layer)`` puts the zeros back; the default calls ``layer.apply_masks_()``.
-    """
-    global _MASK_HOOK
-    _MASKED[layer] = rezero
-    if _MASK_HOOK is None:
-        _MASK_HOOK = register_optimizer_step_post_hook(_rezero_masked_layers)
-
-
-def untrack_masked(layer: nn.Module) -> None:
-    _MASKED.pop(layer, None)
 
 
 def _spectral_norm(u: Tensor) -> float:
@@ -345,6 +314,3 @@ class SeparableLinear(StructuredLinear):
                                       unexpected_keys, error_msgs)
         if self.masks():
             self.apply_masks_()
-            track_masked(self)
-        else:
-            untrack_masked(self)

@@ -4,7 +4,12 @@ A zero in ``U_k`` removes a whole block pattern of ``W = U_1 ⊗ … ⊗ U_K``
 (``nnz(A ⊗ B) = nnz(A) nnz(B)``), so pruning the small factors prunes the big matrix. Pruning is
 a schedule of calls with rising targets::
 
-    prune_factors(model, 0.5)   # masks persist in state_dict and survive optimizer steps
+    prune_factors(model, 0.5)   # masks persist in state_dict
+    keep_pruned_zero(optimizer, model)   # and survive this optimizer's steps
+
+The masks are the layers' ``mask_k`` buffers and nothing else holds pruning state:
+:func:`sstorch.pruning.masks.keep_pruned_zero` arms one optimizer (training arms its own) to
+re-zero masked entries after each step.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from sstorch.layers.base import structured_layers
-from sstorch.layers.separable import SeparableLinear, track_masked, untrack_masked
+from sstorch.layers.separable import SeparableLinear
 
 __all__ = ["apply_masks_", "prune_factors", "remove_masks_"]
 
@@ -75,9 +80,9 @@ def prune_factors(
     Masks are buffers ``mask_k`` (same shape, dtype and device as factor k, so they are saved in
     ``state_dict``), the forward multiplies by them, and the parameters are set to exactly 0 at
     masked positions. Existing masks are respected: masked entries stay masked, so pruning is
-    monotone and can follow a schedule of rising targets. A global optimizer post-step hook
-    (installed on first use) re-zeroes masked parameters after every ``optimizer.step()``, so
-    momentum, Adam moments and weight decay cannot revive them.
+    monotone and can follow a schedule of rising targets. An optimizer armed with
+    :func:`sstorch.pruning.masks.keep_pruned_zero` re-zeroes masked parameters after every
+    ``optimizer.step()``, so momentum, Adam moments and weight decay cannot revive them.
 
     Under ``DistributedDataParallel`` prune before wrapping, or on every rank alike (masks
     depend only on the parameters, which DDP keeps identical).
@@ -109,17 +114,16 @@ def prune_factors(
             u.mul_(mask)
             masked += int((mask == 0).sum())
             total += mask.numel()
-        track_masked(layer)
         result[name] = masked / total
     return result
 
 
 @torch.no_grad()
 def apply_masks_(model: nn.Module) -> int:
-    """Set masked factor entries to exactly 0 and (re-)arm the post-step hook.
+    """Set masked factor entries to exactly 0 (``U_k ← U_k ⊙ mask_k``).
 
-    Call after loading a pruned checkpoint into a fresh model: ``load_state_dict`` recreates
-    the masks (so the forward is already right) but cannot register the layer with the hook.
+    ``load_state_dict`` recreates the masks of a pruned checkpoint and zeroes the masked entries
+    already; this is for factors changed by hand.
 
     Returns:
         number of layers that carry masks.
@@ -128,7 +132,6 @@ def apply_masks_(model: nn.Module) -> int:
     for _, layer in structured_layers(model, SeparableLinear):
         if layer.masks():
             layer.apply_masks_()
-            track_masked(layer)
             count += 1
     return count
 
@@ -144,6 +147,5 @@ def remove_masks_(model: nn.Module) -> int:
         masks = layer.masks()
         for k, _ in masks:
             delattr(layer, f"mask_{k}")
-        untrack_masked(layer)
         count += bool(masks)
     return count

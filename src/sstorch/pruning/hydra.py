@@ -1,6 +1,11 @@
 r"""HYDRA (Sehwag et al. 2020, "HYDRA: Pruning Adversarially Robust Neural Networks"): the
 pruning mask is learned from the adversarial loss through importance scores, then the kept
 weights are fine-tuned.
+
+While the scores learn, every ``nn.Linear`` of the model is a
+:class:`~sstorch.pruning.magnitude.ScoredLinear` (put in its place, sharing its parameters and
+buffers, so the state-dict keys stay ``<layer>.weight``, ``.weight_mask``, ``.weight_score``);
+:meth:`Hydra.finalize` puts plain ``nn.Linear`` layers back.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ import math
 import torch
 from torch import nn
 
-from sstorch.layers.separable import track_masked, untrack_masked
 from sstorch.pruning.magnitude import MASK, SCORE, _rezero, _score_mode, _top_k, linear_layers
 
 __all__ = ["Hydra"]
@@ -64,8 +68,7 @@ class Hydra:
                     layer.register_buffer(buf, value)
                 else:
                     getattr(layer, buf).copy_(value)
-            untrack_masked(layer)  # the dense weights must survive the score phase
-            _score_mode(layer, True)
+            _score_mode(self.model, layer, True)  # the dense weights survive the score phase
         self._start()
         self.update_masks()
 
@@ -95,9 +98,8 @@ class Hydra:
         kept = {}
         for name, layer in linear_layers(self.model):
             delattr(layer, SCORE)
-            _score_mode(layer, False)
+            layer = _score_mode(self.model, layer, False)
             _rezero(layer)
-            track_masked(layer, _rezero)
             kept[name] = int(getattr(layer, MASK).sum())
         for p in self.model.parameters():
             p.requires_grad_(True)

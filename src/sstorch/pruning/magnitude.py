@@ -4,37 +4,48 @@ r"""Unstructured magnitude pruning of ``nn.Linear`` weights, with persistent mas
 2015, "Learning both Weights and Connections for Efficient Neural Networks") with persistent
 masks, ramped over epochs by :func:`keep_schedule` and fine-tuned with the same adversarial
 training, as in the pruning baselines of Sehwag et al. 2020 ("HYDRA: Pruning Adversarially
-Robust Neural Networks"); :class:`Hydra` is that paper's method: the mask is learned from the
-adversarial loss through importance scores, then the kept weights are fine-tuned.
+Robust Neural Networks"); :class:`~sstorch.pruning.hydra.Hydra` is that paper's method: the
+mask is learned from the adversarial loss through importance scores, then the kept weights are
+fine-tuned.
 
-Masks of pruned Linear layers are ``weight_mask`` buffers (so they are in ``state_dict`` and in
-checkpoints); the masked weights are set to exactly 0 and kept there after every optimizer step
-by the global post-step hook of :mod:`sstorch.layers.separable`, so momentum and weight decay cannot
-revive them. :func:`sync_linear_masks_` recreates the buffers when a pruned checkpoint is loaded
-into a freshly built model (``ImageClassifier`` calls it).
+State lives in the model only, in the layers' own state-dict keys:
+
+* a pruned Linear carries a ``weight_mask`` buffer ``m`` (so masks are in ``state_dict`` and in
+  checkpoints, under ``<layer>.weight_mask``) and its masked weights are exactly 0; the layer is
+  still a plain ``nn.Linear`` computing ``x Wᵀ + b``. The optimizer that trains it keeps the
+  zeros (``W ← W ⊙ m`` after each step, :func:`sstorch.pruning.masks.keep_pruned_zero`), so
+  momentum and weight decay cannot revive them.
+* while HYDRA learns its scores the layer also carries a ``weight_score`` buffer ``s`` and is a
+  :class:`ScoredLinear`, an ``nn.Linear`` whose forward is ``x (W ⊙ (m + s − sg(s)))ᵀ + b``
+  (``sg``: stop-gradient). It is put in the Linear's place in its parent module, sharing the
+  Linear's parameters and buffers, so optimizers and state-dict keys do not notice
+  (:func:`apply_linear_masks_` picks the class from the buffers after loading).
+
+:func:`sync_linear_masks_` recreates the buffers when a pruned checkpoint is loaded into a
+freshly built model (``ImageClassifier`` calls it).
 """
 
 from __future__ import annotations
 
 import math
-import types
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.layers.separable import track_masked, untrack_masked
-
 __all__ = [
     "MASK",
     "SCORE",
+    "ScoredLinear",
     "apply_linear_masks_",
     "keep_schedule",
     "linear_layers",
     "prune_linear_",
+    "relinear",
     "remove_linear_masks_",
+    "replace_module",
     "sync_linear_masks_",
 ]
 
@@ -48,8 +59,58 @@ def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def _rezero(layer: nn.Module) -> None:
+    """``W ← W ⊙ m``."""
     with torch.no_grad():
         layer.weight.mul_(getattr(layer, MASK))
+
+
+class ScoredLinear(nn.Linear):
+    r"""``nn.Linear`` in HYDRA's score phase: ``y = x (W ⊙ (m + s − sg(s)))ᵀ + b``.
+
+    The value is ``x (W ⊙ m)ᵀ + b``; the straight-through term passes ``∂L/∂m`` to the scores,
+    ``∂L/∂s = W ⊙ ∂L/∂(W ⊙ m)``. Built by :func:`relinear` from a Linear carrying
+    ``weight_mask`` and ``weight_score`` buffers.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = getattr(self, SCORE)
+        return F.linear(x, self.weight * (getattr(self, MASK) + s - s.detach()), self.bias)
+
+
+_L = TypeVar("_L", bound=nn.Linear)
+
+
+def relinear(layer: nn.Linear, cls: type[_L]) -> _L:
+    """A ``cls`` (an ``nn.Linear`` class) holding ``layer``'s very parameters and buffers.
+
+    Nothing is copied or initialised (no random numbers drawn), so optimizers holding the
+    parameters and the state-dict keys are unaffected. Hooks registered on ``layer`` are not
+    carried over.
+    """
+    new = cls.__new__(cls)
+    nn.Module.__init__(new)
+    new.in_features, new.out_features = layer.in_features, layer.out_features
+    new.register_parameter("weight", layer.weight)
+    new.register_parameter("bias", layer.bias)
+    for name, buf in layer.named_buffers(recurse=False):
+        new.register_buffer(name, buf, persistent=name not in layer._non_persistent_buffers_set)
+    new.train(layer.training)
+    return new
+
+
+def replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Put ``new`` wherever ``old`` is a child in ``model`` (same names, same state-dict keys).
+
+    Raises:
+        ValueError: ``old`` is ``model`` itself (it has no parent to put ``new`` in).
+    """
+    if old is model:
+        raise ValueError(f"cannot replace the model itself ({type(old).__name__}); wrap the "
+                         "layer in a container, e.g. nn.Sequential(layer)")
+    for parent in model.modules():
+        for key, child in list(parent.named_children()):
+            if child is old:
+                setattr(parent, key, new)
 
 
 def keep_schedule(total: int, final: int, frac: float) -> int:
@@ -118,8 +179,8 @@ def prune_linear_(model: nn.Module, keep: int | None = None, sparsity: float | N
     Each layer's largest weight is always kept (an all-zero layer disconnects the network), and
     masked weights are never revived, so a schedule of falling ``keep`` is monotone; the result
     has exactly ``keep`` unmasked weights unless fewer were left unmasked before. The masks are
-    ``weight_mask`` buffers, the masked weights are set to 0, and the global optimizer post-step
-    hook keeps them 0.
+    ``weight_mask`` buffers and the masked weights are set to 0; an optimizer armed with
+    :func:`sstorch.pruning.masks.keep_pruned_zero` keeps them 0.
 
     Returns:
         ``{layer name: unmasked weights}``.
@@ -161,26 +222,27 @@ def prune_linear_(model: nn.Module, keep: int | None = None, sparsity: float | N
         else:
             layer.register_buffer(MASK, mask.to(w.dtype))
         _rezero(layer)
-        track_masked(layer, _rezero)
         result[name] = int(mask.sum())
     return result
 
 
 @torch.no_grad()
 def apply_linear_masks_(model: nn.Module) -> int:
-    """Zero the masked weights of every pruned ``nn.Linear`` and (re-)arm the post-step hook.
+    """Zero the masked weights of every pruned ``nn.Linear`` and give each Linear the class its
+    buffers call for: :class:`ScoredLinear` with a ``weight_score`` (HYDRA's score phase, the
+    weights stay dense), a plain ``nn.Linear`` otherwise.
 
     Returns:
-        number of pruned Linear layers.
+        number of pruned Linear layers (score phase excluded).
     """
     count = 0
     for _, layer in linear_layers(model):
         if getattr(layer, SCORE, None) is not None:  # HYDRA score learning: W stays dense
-            _score_mode(layer, True)
-        elif getattr(layer, MASK, None) is not None:
-            _score_mode(layer, False)
+            _score_mode(model, layer, True)
+            continue
+        _score_mode(model, layer, False)
+        if getattr(layer, MASK, None) is not None:
             _rezero(layer)
-            track_masked(layer, _rezero)
             count += 1
     return count
 
@@ -191,7 +253,6 @@ def remove_linear_masks_(model: nn.Module) -> int:
     for _, layer in linear_layers(model):
         if getattr(layer, MASK, None) is not None:
             delattr(layer, MASK)
-            untrack_masked(layer)
             count += 1
     return count
 
@@ -200,8 +261,9 @@ def sync_linear_masks_(model: nn.Module, state_dict: Mapping[str, Any], prefix: 
     """Before loading ``state_dict``: give every ``nn.Linear`` the mask buffer the state has.
 
     The checkpoint decides which layers are pruned: a Linear gets a (placeholder) ``weight_mask``
-    when the state has ``<name>.weight_mask`` and loses its own when the state has none. Call
-    :func:`apply_linear_masks_` after loading (``ImageClassifier`` does both).
+    when the state has ``<name>.weight_mask`` and loses its own when the state has none (the same
+    for HYDRA's ``weight_score``). Call :func:`apply_linear_masks_` after loading
+    (``ImageClassifier`` does both).
 
     Returns:
         number of Linear layers that will be pruned after loading.
@@ -215,22 +277,17 @@ def sync_linear_masks_(model: nn.Module, state_dict: Mapping[str, Any], prefix: 
                 layer.register_buffer(buf, torch.ones_like(layer.weight))
             elif key not in state_dict and has:
                 delattr(layer, buf)
-                untrack_masked(layer)
-                _score_mode(layer, False)
+                if isinstance(layer, ScoredLinear):
+                    layer = _score_mode(model, layer, False)
         count += f"{prefix}{name}.{MASK}" in state_dict
     return count
 
 
-def _scored_forward(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``x (W ⊙ m)ᵀ + b`` with the straight-through mask ``m + s − s.detach()`` (value m)."""
-    s = getattr(layer, SCORE)
-    return F.linear(x, layer.weight * (getattr(layer, MASK) + s - s.detach()), layer.bias)
-
-
-def _score_mode(layer: nn.Module, on: bool) -> None:
-    """Route ``layer``'s forward through :func:`_scored_forward` (an instance attribute, so the
-    state_dict and the class are untouched) or back to ``nn.Linear.forward``."""
-    if on:
-        layer.forward = types.MethodType(_scored_forward, layer)
-    elif "forward" in vars(layer):
-        del layer.forward
+def _score_mode(model: nn.Module, layer: nn.Linear, on: bool) -> nn.Linear:
+    """Put a :class:`ScoredLinear` (``on``) or a plain ``nn.Linear`` sharing ``layer``'s
+    parameters and buffers in ``layer``'s place in ``model``; returns the layer now there."""
+    if isinstance(layer, ScoredLinear) == on:
+        return layer
+    new = relinear(layer, ScoredLinear if on else nn.Linear)
+    replace_module(model, layer, new)
+    return new

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sstorch.config import Config
+from sstorch.pruning.masks import keep_pruned_zero
 
 
 def _lr_lambda(cfg: Config, total_steps: int):
@@ -28,8 +29,14 @@ def _lr_lambda(cfg: Config, total_steps: int):
 
 
 def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """The run's optimizer over ``model``'s parameters, armed to keep pruned entries at 0
+    (``θ ← θ ⊙ m`` after each step, :func:`sstorch.pruning.masks.keep_pruned_zero`)."""
     o = cfg.optim
+    opt: torch.optim.Optimizer
     if o.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
-                               weight_decay=o.weight_decay, nesterov=o.momentum > 0)
-    return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum,
+                              weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    keep_pruned_zero(opt, model)
+    return opt
