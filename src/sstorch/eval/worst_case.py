@@ -7,6 +7,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,7 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
     """
     device = _device_of(model, device)
     names = list(attacks)
-    hits = dict.fromkeys(names, 0)
-    secs = dict.fromkeys(names, 0.0)
-    tried = dict.fromkeys(names, 0)
-    n = n_clean = n_robust = 0
-    clean_secs = 0.0
-    resumed_secs = 0.0
-    resumed_attacks = 0
+    totals = _Totals(names)
     jpath = Path(journal) if journal is not None else None
     def warn(msg: str) -> None:
         if log is not None:
@@ -81,96 +76,169 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
         more = (f" and {sum(r['k'] + 1 for r in partial.values())} attack(s) of "
                 f"{len(partial)} unfinished batch(es)" if partial else "")
         log(f"resuming the attacks after {len(done)} finished batches{more} ({jpath})")
+    record = (None if jpath is None
+              else lambda line: _append_journal(jpath, {"key": journal_key, **line}))
     bar = tqdm(total=len(loader.dataset), unit="img", desc="attacks", disable=not progress,
                leave=False, dynamic_ncols=True, file=sys.stderr)
     with _frozen(model), bar:
         for b, (x, y) in enumerate(loader):
             if b in done:
-                rec = done[b]
-                n, n_clean = n + rec["n"], n_clean + rec["clean"]
-                n_robust += rec["robust"]
-                clean_secs += rec["clean_seconds"]
-                resumed_secs += rec["clean_seconds"] + sum(rec["seconds"].values())
-                for name in names:
-                    hits[name] += rec["hits"][name]
-                    secs[name] += rec["seconds"][name]
-                    tried[name] += rec["tried"][name]
-                bar.update(rec["n"])
+                totals.add_journalled(done[b])
+                bar.update(done[b]["n"])
                 continue
             x, y = x.to(device), y.to(device)
-            # this batch's counts: hits, seconds, tried per attack, clean seconds
-            b_hits, b_secs, b_tried = dict.fromkeys(names, 0), dict.fromkeys(names, 0.0), \
-                dict.fromkeys(names, 0)
-            first = 0
-            rec = partial.get(b)
-            correct = robust = None
-            if rec is not None and rec["n"] == y.numel():
-                correct = _hex_mask(rec["correct"], y.numel(), device)
-                robust = _hex_mask(rec["robust"], y.numel(), device)
-            if correct is not None and robust is not None:
-                b_clean_secs = float(rec["clean_seconds"])
-                first = rec["k"] + 1
-                for name in names[:first]:
-                    b_hits[name], b_secs[name] = int(rec["hits"][name]), rec["seconds"][name]
-                    b_tried[name] = int(rec["tried"][name])
-                resumed_attacks += first
-                resumed_secs += b_clean_secs + sum(b_secs.values())
+            batch = _resume_batch(partial.get(b), names, y.numel(), device)
+            if batch is not None:
+                totals.resumed_attacks += batch.first
+                totals.resumed_secs += batch.clean_seconds + sum(batch.seconds.values())
             else:
-                t0 = time.perf_counter()
-                correct = _predict(model, x) == y
-                _sync(device)
-                b_clean_secs = time.perf_counter() - t0
-                robust = correct.clone()
-            for k in range(first, len(names)):
-                name = names[k]
-                idx = (robust if fast else correct).nonzero().squeeze(1)
-                if idx.numel():
-                    t0 = time.perf_counter()
-                    with _seeded(seed, b, k, device=device):
-                        xa = attacks[name](model, x[idx], y[idx])
-                    ok = _predict(model, xa) == y[idx]
-                    _sync(device)
-                    b_secs[name] += time.perf_counter() - t0
-                    _check_adv(name, xa, x[idx], eps)
-                    b_tried[name] += idx.numel()
-                    robust[idx] &= ok
-                    if not fast:
-                        b_hits[name] += int(ok.sum())
-                if fast:  # survivors of attacks 1..k
-                    b_hits[name] += int(robust.sum())
-                if jpath is not None and k < len(names) - 1:  # the last: the batch line
-                    _append_journal(jpath, {
-                        "key": journal_key, "partial": b, "k": k, "attack": name,
-                        "n": y.numel(), "correct": _mask_hex(correct),
-                        "robust": _mask_hex(robust), "clean_seconds": b_clean_secs,
-                        "hits": {a: b_hits[a] for a in names[:k + 1]},
-                        "seconds": {a: b_secs[a] for a in names[:k + 1]},
-                        "tried": {a: b_tried[a] for a in names[:k + 1]}})
-            n += y.numel()
-            n_clean += int(correct.sum())
-            n_robust += int(robust.sum())
-            clean_secs += b_clean_secs
-            for a in names:
-                hits[a] += b_hits[a]
-                secs[a] += b_secs[a]
-                tried[a] += b_tried[a]
-            if jpath is not None:
-                _append_journal(jpath, {
-                    "key": journal_key, "batch": b, "n": y.numel(),
-                    "clean": int(correct.sum()), "robust": int(robust.sum()),
-                    "clean_seconds": b_clean_secs, "hits": b_hits, "seconds": b_secs,
-                    "tried": b_tried})
+                batch = _clean_batch(model, x, y, names, device)
+            _attack_batch(model, x, y, b, batch, attacks, eps, seed, fast, device, record)
+            totals.add_batch(batch, y.numel())
+            if record is not None:
+                record({"batch": b, "n": y.numel(), "clean": int(batch.correct.sum()),
+                        "robust": int(batch.robust.sum()), "clean_seconds": batch.clean_seconds,
+                        "hits": batch.hits, "seconds": batch.seconds, "tried": batch.tried})
             bar.update(y.numel())
-            bar.set_postfix(clean=f"{n_clean / n:.3f}", robust=f"{n_robust / n:.3f}")
-    n_div = max(n, 1)
-    return {
-        "n": n, "clean_acc": n_clean / n_div, "clean_seconds": clean_secs,
-        "robust_acc": n_robust / n_div,
-        "attacks": {a: {"acc": hits[a] / n_div, "seconds": secs[a], "n_attacked": tried[a]}
-                    for a in names},
-        "resumed_batches": len(done), "resumed_attacks": resumed_attacks,
-        "resumed_seconds": resumed_secs,
-    }
+            bar.set_postfix(clean=f"{totals.n_clean / totals.n:.3f}",
+                            robust=f"{totals.n_robust / totals.n:.3f}")
+    return totals.result(len(done))
+
+
+@dataclass
+class _Batch:
+    """One batch's state between attacks: the masks and per-attack counts a journal line holds.
+
+    ``correct``: clean-correct examples; ``robust``: still correct after every attack so far;
+    ``first``: the index of the next attack to run (after a resumed partial batch).
+    """
+
+    correct: Tensor
+    robust: Tensor
+    clean_seconds: float
+    hits: dict[str, int]
+    seconds: dict[str, float]
+    tried: dict[str, int]
+    first: int = 0
+
+
+def _empty_counts(names: list[str]) -> tuple[dict[str, int], dict[str, float], dict[str, int]]:
+    """Zero ``(hits, seconds, tried)`` per attack, in ``names`` order."""
+    return dict.fromkeys(names, 0), dict.fromkeys(names, 0.0), dict.fromkeys(names, 0)
+
+
+def _resume_batch(rec: dict[str, Any] | None, names: list[str], n: int,
+                  device: torch.device) -> _Batch | None:
+    """The batch as its last journal line ``rec`` left it; None if absent or not matching."""
+    if rec is None or rec["n"] != n:
+        return None
+    correct = _hex_mask(rec["correct"], n, device)
+    robust = _hex_mask(rec["robust"], n, device)
+    if correct is None or robust is None:
+        return None
+    hits, secs, tried = _empty_counts(names)
+    first = rec["k"] + 1
+    for name in names[:first]:
+        hits[name], secs[name] = int(rec["hits"][name]), rec["seconds"][name]
+        tried[name] = int(rec["tried"][name])
+    return _Batch(correct, robust, float(rec["clean_seconds"]), hits, secs, tried, first)
+
+
+def _clean_batch(model: nn.Module, x: Tensor, y: Tensor, names: list[str],
+                 device: torch.device) -> _Batch:
+    """A new batch: the clean predictions (timed), no attack run yet."""
+    t0 = time.perf_counter()
+    correct = _predict(model, x) == y
+    _sync(device)
+    clean_seconds = time.perf_counter() - t0
+    return _Batch(correct, correct.clone(), clean_seconds, *_empty_counts(names))
+
+
+def _attack_batch(model: nn.Module, x: Tensor, y: Tensor, b: int, batch: _Batch,
+                  attacks: dict[str, Attack], eps: float, seed: int, fast: bool,
+                  device: torch.device, record: Callable[[dict[str, Any]], None] | None,
+                  ) -> None:
+    """Run attacks ``batch.first..`` on batch ``b`` (each seeded from ``(seed, b, k)``),
+    updating ``batch``; after each but the last, its state goes to ``record`` (the journal)."""
+    names = list(attacks)
+    for k in range(batch.first, len(names)):
+        name = names[k]
+        idx = (batch.robust if fast else batch.correct).nonzero().squeeze(1)
+        if idx.numel():
+            t0 = time.perf_counter()
+            with _seeded(seed, b, k, device=device):
+                xa = attacks[name](model, x[idx], y[idx])
+            ok = _predict(model, xa) == y[idx]
+            _sync(device)
+            batch.seconds[name] += time.perf_counter() - t0
+            _check_adv(name, xa, x[idx], eps)
+            batch.tried[name] += idx.numel()
+            batch.robust[idx] &= ok
+            if not fast:
+                batch.hits[name] += int(ok.sum())
+        if fast:  # survivors of attacks 1..k
+            batch.hits[name] += int(batch.robust.sum())
+        if record is not None and k < len(names) - 1:  # the last: the batch line
+            record({
+                "partial": b, "k": k, "attack": name, "n": y.numel(),
+                "correct": _mask_hex(batch.correct), "robust": _mask_hex(batch.robust),
+                "clean_seconds": batch.clean_seconds,
+                "hits": {a: batch.hits[a] for a in names[:k + 1]},
+                "seconds": {a: batch.seconds[a] for a in names[:k + 1]},
+                "tried": {a: batch.tried[a] for a in names[:k + 1]}})
+
+
+@dataclass
+class _Totals:
+    """The counts of :func:`evaluate_attacks` over the batches seen so far."""
+
+    names: list[str]
+    n: int = 0
+    n_clean: int = 0
+    n_robust: int = 0
+    clean_secs: float = 0.0
+    resumed_secs: float = 0.0
+    resumed_attacks: int = 0
+    hits: dict[str, int] = field(init=False)
+    secs: dict[str, float] = field(init=False)
+    tried: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hits, self.secs, self.tried = _empty_counts(self.names)
+
+    def add_journalled(self, rec: dict[str, Any]) -> None:
+        """Add a batch finished in an earlier call (its journal line ``rec``)."""
+        self.n, self.n_clean = self.n + rec["n"], self.n_clean + rec["clean"]
+        self.n_robust += rec["robust"]
+        self.clean_secs += rec["clean_seconds"]
+        self.resumed_secs += rec["clean_seconds"] + sum(rec["seconds"].values())
+        for name in self.names:
+            self.hits[name] += rec["hits"][name]
+            self.secs[name] += rec["seconds"][name]
+            self.tried[name] += rec["tried"][name]
+
+    def add_batch(self, batch: _Batch, n: int) -> None:
+        """Add a batch of ``n`` examples after its last attack."""
+        self.n += n
+        self.n_clean += int(batch.correct.sum())
+        self.n_robust += int(batch.robust.sum())
+        self.clean_secs += batch.clean_seconds
+        for a in self.names:
+            self.hits[a] += batch.hits[a]
+            self.secs[a] += batch.seconds[a]
+            self.tried[a] += batch.tried[a]
+
+    def result(self, resumed_batches: int) -> dict[str, Any]:
+        """The dictionary :func:`evaluate_attacks` returns."""
+        n_div = max(self.n, 1)
+        return {
+            "n": self.n, "clean_acc": self.n_clean / n_div, "clean_seconds": self.clean_secs,
+            "robust_acc": self.n_robust / n_div,
+            "attacks": {a: {"acc": self.hits[a] / n_div, "seconds": self.secs[a],
+                            "n_attacked": self.tried[a]} for a in self.names},
+            "resumed_batches": resumed_batches, "resumed_attacks": self.resumed_attacks,
+            "resumed_seconds": self.resumed_secs,
+        }
 
 
 def _correct_after(model: nn.Module, loader: DataLoader, attack: Attack | None, eps: float,

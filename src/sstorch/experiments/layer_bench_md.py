@@ -73,10 +73,17 @@ def _observations(result: BenchResult) -> list[str]:
 
 def render_markdown(result: BenchResult, command: str) -> str:
     """The full ``docs/benchmarks.md``: machine, acceptance bars, table and method notes."""
+    lines = _machine_lines(result, command)
+    lines += _acceptance_lines(result)
+    lines += _results_lines(result)
+    lines += ["", *_METHODS]
+    return "\n".join(lines) + "\n"
+
+
+def _machine_lines(result: BenchResult, command: str) -> list[str]:
+    """Title, how to regenerate, the machine and the settings, and a busy-machine warning."""
     m = result.machine
     when = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    bars = check_acceptance(result)
-    status = {True: "**PASS**", False: "**FAIL**", None: "not measured"}
     lines = [
         "# Layer speed benchmark",
         "",
@@ -110,18 +117,29 @@ def render_markdown(result: BenchResult, command: str) -> str:
             "ratios are less affected because the methods of a case are timed round-robin.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _acceptance_lines(result: BenchResult) -> list[str]:
+    """The acceptance bars with their status, and the list of benchmarked cases."""
+    status = {True: "**PASS**", False: "**FAIL**", None: "not measured"}
+    lines = [
         "## Acceptance bars (`vgg-fc1`: (512×7×7) → (16×16×16), batch 64)",
         "",
     ]
-    lines += [f"- {bar}: {status[ok]} — {detail}" for bar, ok, detail in bars]
+    lines += [f"- {bar}: {status[ok]} — {detail}" for bar, ok, detail in check_acceptance(result)]
     lines += ["", "## Cases", ""]
     seen = []
     for r in result.rows:
         if r.case.key not in seen:
             seen.append(r.case.key)
             lines.append(f"- `{r.case.key}`: {r.case.label()} — {r.case.description}")
-    lines += [
+    return lines
+
+
+def _results_lines(result: BenchResult) -> list[str]:
+    """The results table with how to read it, and this run's observations."""
+    lines = [
         "",
         "## Results",
         "",
@@ -137,37 +155,39 @@ def render_markdown(result: BenchResult, command: str) -> str:
         "",
     ]
     lines += [f"- {n}" for n in _observations(result)] or ["- none"]
-    lines += [
-        "",
-        "## Methods",
-        "",
-        "- **SeparableLinear (auto)**: the layer as shipped; `left` / `cyclic` / `unfold` call",
-        "  `sstorch.functional.kronecker.mode_products` with that strategy on the same parameters.",
-        "  FLOPs: `2 · layer.macs_per_example() · B`.",
-        "- **nn.Linear(N, M)** on the flattened input. FLOPs: `2 · B · N · M`.",
-        "- **to_dense() then matmul**: `W = layer.to_dense()` is built inside the timed region",
-        "  (and differentiated through in fwd+bwd). FLOPs: `2 · B · N · M + R · N · M`.",
-        "- **tltorch TCL**: `TCL(in_shape, rank=out_shape)` on `(B, *in_shape)`; tensorly's",
-        "  unfolding-based `multi_mode_dot`. tensorly-torch 0.5's `TCL(bias=True)` raises",
-        "  (`self.output_shape` is read before it is set), so an equal-sized bias is added",
-        "  outside. Rank 1 only.",
-        "- **tltorch FactorizedLinear tt**: `factorization='blocktt'` (tltorch's TT-matrix;",
-        "  there is no `'tt'` key for matrices), `implementation='factorized'`, TT ranks",
-        "  `(1, R, …, R, 1)`. With R = 1 its weight is exactly `U_1 ⊗ … ⊗ U_K`, the same",
-        "  function class and parameter count as SeparableLinear; for K = 2 also at R > 1.",
-        "  (`'tucker'` at rank 1, like `'cp'`, would be a rank-1 matrix, so it is not shown.)",
-        "- **tltorch FactorizedLinear cp**: `factorization='cp'`, `implementation='factorized'`,",
-        "  rank R: CP of the `(m_1, …, m_K, n_1, …, n_K)` weight tensor, i.e. a rank-R *matrix*",
-        "  (far fewer degrees of freedom than a Kronecker product). Without `opt_einsum` torch",
-        "  contracts its einsum left to right and first forms a `B × N × M × R` outer product",
-        "  (24.5 GiB on `vgg-fc1`; it failed allocating 26 GB when simply tried), so rows whose",
-        "  largest intermediate, measured on the `meta` device, exceeds the memory cap are",
-        "  reported `n/a (OOM est.)` without running; a `RuntimeError` while running is",
-        "  reported `n/a (OOM)` or `n/a (<the error>)`.",
-        "- tltorch rows count FLOPs with `torch.utils.flop_counter` on a `meta`-device forward",
-        "  (the GEMMs their einsums actually execute).",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+# What each method is and how its FLOPs are counted (the end of the page).
+_METHODS = [
+    "## Methods",
+    "",
+    "- **SeparableLinear (auto)**: the layer as shipped; `left` / `cyclic` / `unfold` call",
+    "  `sstorch.functional.kronecker.mode_products` with that strategy on the same parameters.",
+    "  FLOPs: `2 · layer.macs_per_example() · B`.",
+    "- **nn.Linear(N, M)** on the flattened input. FLOPs: `2 · B · N · M`.",
+    "- **to_dense() then matmul**: `W = layer.to_dense()` is built inside the timed region",
+    "  (and differentiated through in fwd+bwd). FLOPs: `2 · B · N · M + R · N · M`.",
+    "- **tltorch TCL**: `TCL(in_shape, rank=out_shape)` on `(B, *in_shape)`; tensorly's",
+    "  unfolding-based `multi_mode_dot`. tensorly-torch 0.5's `TCL(bias=True)` raises",
+    "  (`self.output_shape` is read before it is set), so an equal-sized bias is added",
+    "  outside. Rank 1 only.",
+    "- **tltorch FactorizedLinear tt**: `factorization='blocktt'` (tltorch's TT-matrix;",
+    "  there is no `'tt'` key for matrices), `implementation='factorized'`, TT ranks",
+    "  `(1, R, …, R, 1)`. With R = 1 its weight is exactly `U_1 ⊗ … ⊗ U_K`, the same",
+    "  function class and parameter count as SeparableLinear; for K = 2 also at R > 1.",
+    "  (`'tucker'` at rank 1, like `'cp'`, would be a rank-1 matrix, so it is not shown.)",
+    "- **tltorch FactorizedLinear cp**: `factorization='cp'`, `implementation='factorized'`,",
+    "  rank R: CP of the `(m_1, …, m_K, n_1, …, n_K)` weight tensor, i.e. a rank-R *matrix*",
+    "  (far fewer degrees of freedom than a Kronecker product). Without `opt_einsum` torch",
+    "  contracts its einsum left to right and first forms a `B × N × M × R` outer product",
+    "  (24.5 GiB on `vgg-fc1`; it failed allocating 26 GB when simply tried), so rows whose",
+    "  largest intermediate, measured on the `meta` device, exceeds the memory cap are",
+    "  reported `n/a (OOM est.)` without running; a `RuntimeError` while running is",
+    "  reported `n/a (OOM)` or `n/a (<the error>)`.",
+    "- tltorch rows count FLOPs with `torch.utils.flop_counter` on a `meta`-device forward",
+    "  (the GEMMs their einsums actually execute).",
+]
 
 
 def _busy(result: BenchResult) -> bool:

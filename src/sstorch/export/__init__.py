@@ -1,2 +1,3 @@
-"""Deployment: ONNX export with parity checks (:mod:`~sstorch.export.onnx`) and packed sparse
-weights (:mod:`~sstorch.export.sparse`)."""
+"""Deployment: ONNX export with parity checks (:mod:`~sstorch.export.onnx`, over ``graph``,
+``parity``, ``quantize`` and ``report``) and packed sparse weights
+(:mod:`~sstorch.export.sparse`)."""

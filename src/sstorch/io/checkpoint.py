@@ -41,6 +41,9 @@ Every failure to read — missing, truncated or corrupted file, foreign file, mo
 optimizer mismatch — raises :class:`CheckpointError` with a one-line message that names the
 file and says what to do.
 
+Saving and loading live here; the nested-state codec, checksums and errors in
+:mod:`sstorch.io.metadata`, the RNG states in :mod:`sstorch.io.rng`.
+
 Example::
 
     save_checkpoint("runs/a/last.safetensors", model, opt, sched,
@@ -51,22 +54,32 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import random
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sstorch.io.fsutil import FileSystemError, atomic_write, is_temp_name
+from sstorch.io.metadata import (
+    FORMAT_VERSION,
+    MAX_LISTED,
+    META_KEY,
+    CheckpointCorrupted,
+    CheckpointError,
+    PathLike,
+    decode_state,
+    digest,
+    encode_state,
+    one_line,
+    storable,
+)
+from sstorch.io.rng import restore_rng_state, rng_state
 
 __all__ = [
     "FORMAT_VERSION",
@@ -77,107 +90,6 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
 ]
-
-FORMAT_VERSION = 1
-_META_KEY = "sstorch"
-_TENSOR, _TUPLE, _ITEMS = "__tensor__", "__tuple__", "__items__"
-_DROP = object()  # marks a value left out of a lenient (scheduler) encoding
-_MAX_LISTED = 5
-
-PathLike = str | os.PathLike
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be written or read; the message says which file and what to do."""
-
-
-class CheckpointCorrupted(CheckpointError):
-    """The file is truncated, damaged or fails its checksums (not a mismatch with the model).
-
-    ``path`` is the file and ``detail`` what is wrong with it, so a caller can build its own
-    advice (``sstorch train`` does: a damaged ``last.safetensors`` cannot be resumed from).
-    """
-
-    def __init__(self, message: str, path: PathLike, detail: str):
-        super().__init__(message)
-        self.path = Path(path)
-        self.detail = detail
-
-
-# --------------------------------------------------------------------------- nested state ↔ JSON
-
-
-def _encode(obj: Any, key: str, tensors: dict[str, Tensor], dropped: list[str] | None) -> Any:
-    """JSON-able copy of ``obj`` with tensors moved into ``tensors`` under keys built from ``key``.
-
-    ``dropped is None`` is strict (unsupported values raise); otherwise unsupported values are
-    left out (dict entries) or become ``None`` (list items) and their paths are recorded.
-    """
-    if isinstance(obj, Tensor):
-        name, n = key, 1
-        while name in tensors:
-            name, n = f"{key}#{n}", n + 1
-        tensors[name] = obj
-        return {_TENSOR: name}
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (list, tuple)):
-        items = [_encode(v, f"{key}.{i}", tensors, dropped) for i, v in enumerate(obj)]
-        items = [None if v is _DROP else v for v in items]
-        return {_TUPLE: items} if isinstance(obj, tuple) else items
-    if isinstance(obj, dict):
-        pairs = [(k, _encode(v, f"{key}.{k}", tensors, dropped)) for k, v in obj.items()]
-        pairs = [(k, v) for k, v in pairs if v is not _DROP]
-        if all(isinstance(k, str) for k, _ in pairs):
-            return dict(pairs)
-        if all(k is None or isinstance(k, (bool, int, float, str)) for k, _ in pairs):
-            return {_ITEMS: [[k, v] for k, v in pairs]}
-    if dropped is None:
-        raise CheckpointError(
-            f"cannot store {key} of type {type(obj).__name__}: checkpoints hold tensors and JSON "
-            "values (dict, list, str, int, float, bool, None) only"
-        )
-    dropped.append(key)
-    return _DROP
-
-
-def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
-    """Inverse of :func:`_encode`."""
-    if isinstance(obj, list):
-        return [_decode(v, tensors) for v in obj]
-    if not isinstance(obj, dict):
-        return obj
-    if len(obj) == 1 and _TENSOR in obj:
-        return tensors[obj[_TENSOR]]
-    if len(obj) == 1 and _TUPLE in obj:
-        return tuple(_decode(v, tensors) for v in obj[_TUPLE])
-    if len(obj) == 1 and _ITEMS in obj:
-        return {k: _decode(v, tensors) for k, v in obj[_ITEMS]}
-    return {k: _decode(v, tensors) for k, v in obj.items()}
-
-
-def _storable(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Detached, dense, contiguous tensors, none sharing memory (tied weights are cloned)."""
-    out: dict[str, Tensor] = {}
-    seen: set[tuple[str, int]] = set()
-    for name, t in tensors.items():
-        t = t.detach()
-        if t.layout != torch.strided:
-            raise CheckpointError(
-                f"cannot store {name}: {t.layout} tensors are not supported; convert it with "
-                ".to_dense() before saving"
-            )
-        if not t.is_contiguous():
-            t = t.contiguous()
-        ptr = (str(t.device), t.untyped_storage().data_ptr())
-        if ptr[1] != 0 and ptr in seen:
-            t = t.clone()
-            ptr = (str(t.device), t.untyped_storage().data_ptr())
-        seen.add(ptr)
-        out[name] = t
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -197,12 +109,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             if not isinstance(inner, nn.Module) or not (known or bare):
                 return model
         model = inner
-
-
-def _one_line(exc: BaseException, limit: int = 160) -> str:
-    text = " ".join(str(exc).split()) or "no details"
-    text = text if len(text) <= limit else text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}"
 
 
 def _siblings(path: Path) -> list[Path]:
@@ -225,48 +131,10 @@ def _fallback(path: Path) -> str:
 
 
 def _corrupted(path: PathLike, exc: BaseException) -> CheckpointCorrupted:
-    detail = f"the file is truncated or corrupted ({_one_line(exc)})"
+    detail = f"the file is truncated or corrupted ({one_line(exc)})"
     return CheckpointCorrupted(
         f"cannot read checkpoint {path}: {detail}; delete it or {_fallback(Path(path))}",
         path, detail)
-
-
-# --------------------------------------------------------------------------- RNG
-
-
-def _rng_state(tensors: dict[str, Tensor]) -> dict[str, Any]:
-    tensors["rng.torch"] = torch.get_rng_state()
-    n_cuda = 0
-    # Only when CUDA is in use: querying every GPU would create a context on each of them.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = state
-            n_cuda += 1
-    np_state = np.random.get_state()
-    if isinstance(np_state, tuple):  # ("MT19937", keys, pos, has_gauss, cached_gaussian)
-        name, keys, *rest = np_state
-        np_state = [name, keys.tolist(), *(np.asarray(v).item() for v in rest)]
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": True,
-        "cuda": n_cuda,
-        "numpy": np_state,
-        "python": [version, list(internal), gauss],
-    }
-
-
-def _restore_rng(doc: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    torch.set_rng_state(tensors["rng.torch"].cpu())
-    if torch.cuda.is_available():
-        for i in range(min(int(doc.get("cuda", 0)), torch.cuda.device_count())):
-            torch.cuda.set_rng_state(tensors[f"rng.cuda.{i}"].cpu(), i)
-    np_state = doc["numpy"]
-    if isinstance(np_state, list):
-        name, keys, *rest = np_state
-        np_state = (name, np.asarray(keys, dtype=np.uint32), *rest)
-    np.random.set_state(np_state)
-    version, internal, gauss = doc["python"]
-    random.setstate((version, tuple(internal), gauss))
 
 
 # --------------------------------------------------------------------------- saving
@@ -300,6 +168,18 @@ def save_checkpoint(
             write (the previous checkpoint at ``path`` is then unchanged).
     """
     path = Path(path)
+    extra = {} if extra is None else extra
+    _check_target(path, extra)
+    tensors: dict[str, Tensor] = {}
+    doc = _describe(model, optimizer, scheduler, extra, rng, tensors)
+    stored = storable(tensors)
+    doc["sha256"] = {k: digest(t) for k, t in stored.items()}
+    metadata = {"format_version": str(FORMAT_VERSION), META_KEY: json.dumps(doc)}
+    _atomic_write(stored, metadata, path)
+
+
+def _check_target(path: Path, extra: Any) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` can be written and ``extra`` is JSON."""
     directory = path.parent
     if not directory.is_dir():
         raise CheckpointError(
@@ -308,7 +188,6 @@ def save_checkpoint(
         )
     if path.is_dir():
         raise CheckpointError(f"cannot save checkpoint {path}: it is a directory; give a file path")
-    extra = {} if extra is None else extra
     if not isinstance(extra, dict):
         raise CheckpointError(f"extra must be a dict, got {type(extra).__name__}")
     for key, value in extra.items():
@@ -317,18 +196,30 @@ def save_checkpoint(
         except (TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"cannot save checkpoint {path}: extra[{key!r}] is not JSON-serialisable "
-                f"({_one_line(exc)}); convert it first (tensor.item(), dataclasses.asdict(cfg), "
+                f"({one_line(exc)}); convert it first (tensor.item(), dataclasses.asdict(cfg), "
                 "str(path))"
             ) from exc
 
-    tensors: dict[str, Tensor] = {}
+
+def _describe(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any | None,
+    extra: dict[str, Any],
+    rng: bool,
+    tensors: dict[str, Tensor],
+) -> dict[str, Any]:
+    """The ``sstorch`` metadata document (without ``sha256``); tensors are added to ``tensors``.
+
+    The key order of the document and the order tensors are added are the file format's.
+    """
     module = _unwrap(model)
     objects = {}
     for name, value in module.state_dict().items():
         if isinstance(value, Tensor):
             tensors[f"model.{name}"] = value
         else:  # get_extra_state() values
-            objects[name] = _encode(value, f"model.{name}", tensors, None)
+            objects[name] = encode_state(value, f"model.{name}", tensors, None)
     doc: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "torch_version": torch.__version__,
@@ -341,32 +232,29 @@ def save_checkpoint(
     if optimizer is not None:
         doc["optim"] = {
             "class": type(optimizer).__name__,
-            "state": _encode(optimizer.state_dict(), "optim", tensors, None),
+            "state": encode_state(optimizer.state_dict(), "optim", tensors, None),
         }
     if scheduler is not None:
-        dropped: list[str] = []
-        doc["sched"] = {
-            "class": type(scheduler).__name__,
-            "state": _encode(scheduler.state_dict(), "sched", tensors, dropped),
-        }
-        if dropped:
-            warnings.warn(
-                f"scheduler state entries {dropped[:_MAX_LISTED]} are not JSON-serialisable and "
-                "were not saved; rebuild them from the config when resuming",
-                stacklevel=2,
-            )
+        doc["sched"] = _scheduler_entry(scheduler, tensors)
     if rng:
-        doc["rng"] = _rng_state(tensors)
-    stored = _storable(tensors)
-    doc["sha256"] = {k: _digest(t) for k, t in stored.items()}
-    metadata = {"format_version": str(FORMAT_VERSION), _META_KEY: json.dumps(doc)}
-    _atomic_write(stored, metadata, path)
+        doc["rng"] = rng_state(tensors)
+    return doc
 
 
-def _digest(t: Tensor) -> str:
-    """SHA-256 of a tensor's raw bytes (row-major, as safetensors stores them)."""
-    raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-    return hashlib.sha256(raw.numpy().tobytes()).hexdigest()
+def _scheduler_entry(scheduler: Any, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """The scheduler's class and the JSON part of its state; warns about what is left out."""
+    dropped: list[str] = []
+    entry = {
+        "class": type(scheduler).__name__,
+        "state": encode_state(scheduler.state_dict(), "sched", tensors, dropped),
+    }
+    if dropped:
+        warnings.warn(
+            f"scheduler state entries {dropped[:MAX_LISTED]} are not JSON-serialisable and "
+            "were not saved; rebuild them from the config when resuming",
+            stacklevel=4,  # save_checkpoint's caller (via save_checkpoint and _describe)
+        )
+    return entry
 
 
 def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Path) -> None:
@@ -379,7 +267,7 @@ def _atomic_write(tensors: dict[str, Tensor], metadata: dict[str, str], path: Pa
                               "unchanged") from exc
     except Exception as exc:
         raise CheckpointError(
-            f"cannot save checkpoint {path} ({_one_line(exc)}); the previous file, if any, "
+            f"cannot save checkpoint {path} ({one_line(exc)}); the previous file, if any, "
             "is unchanged"
         ) from exc
 
@@ -394,20 +282,20 @@ def _read(path: PathLike, want: Callable[[str], bool]) -> tuple[dict[str, Any], 
         if not p.parent.is_dir():
             hint = f"directory {p.parent} does not exist"
         elif others := _siblings(p):
-            hint = "checkpoints there: " + ", ".join(o.name for o in others[:_MAX_LISTED])
+            hint = "checkpoints there: " + ", ".join(o.name for o in others[:MAX_LISTED])
         else:
             hint = f"there is no checkpoint in {p.parent}"
         raise CheckpointError(f"checkpoint not found: {path} ({hint}); check the path")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
-            if _META_KEY not in metadata:
+            if META_KEY not in metadata:
                 raise CheckpointError(
-                    f"{path} is not an sstorch checkpoint (no '{_META_KEY}' metadata, found "
-                    f"{sorted(metadata)[:_MAX_LISTED]}); for a plain weights file use "
+                    f"{path} is not an sstorch checkpoint (no '{META_KEY}' metadata, found "
+                    f"{sorted(metadata)[:MAX_LISTED]}); for a plain weights file use "
                     "safetensors' load_file and model.load_state_dict, or pick the right file"
                 )
-            doc = json.loads(metadata[_META_KEY])
+            doc = json.loads(metadata[META_KEY])
             if not isinstance(doc, dict) or "extra" not in doc:
                 raise ValueError("sstorch metadata is not a checkpoint description")
             version = doc.get("format_version")
@@ -422,8 +310,8 @@ def _read(path: PathLike, want: Callable[[str], bool]) -> tuple[dict[str, Any], 
     except Exception as exc:  # safetensors, JSON and OS errors all mean an unusable file
         raise _corrupted(path, exc) from exc
     sums = doc.get("sha256") or {}  # absent in checkpoints written before checksums
-    if bad := [k for k, t in tensors.items() if k in sums and _digest(t) != sums[k]]:
-        detail = (f"the data of {len(bad)} tensor(s) ({', '.join(bad[:_MAX_LISTED])}) does not "
+    if bad := [k for k, t in tensors.items() if k in sums and digest(t) != sums[k]]:
+        detail = (f"the data of {len(bad)} tensor(s) ({', '.join(bad[:MAX_LISTED])}) does not "
                   "match its SHA-256 checksum (a damaged disk, copy or download)")
         raise CheckpointCorrupted(
             f"cannot read checkpoint {path}: {detail}; delete it or {_fallback(p)}", path, detail)
@@ -438,15 +326,15 @@ def _model_state(path: PathLike, doc: dict[str, Any], tensors: dict[str, Tensor]
     state: dict[str, Any] = _strip(tensors, "model.")
     try:
         for name, value in (doc.get("model") or {}).get("objects", {}).items():
-            state[name] = _decode(value, tensors)
+            state[name] = decode_state(value, tensors)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise _corrupted(path, exc) from exc
     return state
 
 
 def _mismatch(path: PathLike, problems: list[str]) -> CheckpointError:
-    listed = "; ".join(problems[:_MAX_LISTED])
-    more = f"; … {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    listed = "; ".join(problems[:MAX_LISTED])
+    more = f"; … {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
     shapes = any(" shape " in p or "size mismatch" in p for p in problems)
     loose = "" if shapes else ", or pass strict=False to ignore missing/unexpected keys"
     return CheckpointError(
@@ -472,7 +360,7 @@ def _load_model(path: PathLike, model: nn.Module, state: dict, strict: bool) -> 
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise _mismatch(path, [_one_line(exc)]) from exc
+        raise _mismatch(path, [one_line(exc)]) from exc
     if strict and (result.missing_keys or result.unexpected_keys):
         problems = [f"missing {k}" for k in result.missing_keys]
         problems += [f"unexpected {k}" for k in result.unexpected_keys]
@@ -498,14 +386,14 @@ def _load_stateful(
             f"given; build the {what} from the checkpoint's config"
         )
     try:
-        state = _decode(entry["state"], tensors)
+        state = decode_state(entry["state"], tensors)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise _corrupted(path, exc) from exc
     try:
         obj.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
         raise CheckpointError(
-            f"{what} state in {path} does not match the {what} ({_one_line(exc)}); build it with "
+            f"{what} state in {path} does not match the {what} ({one_line(exc)}); build it with "
             f"the checkpoint's config (same parameter groups, in the same order), or pass "
             f"{what}=None"
         ) from exc
@@ -556,7 +444,7 @@ def load_checkpoint(
         _load_stateful(path, "scheduler", scheduler, doc.get("sched"), tensors, strict)
     if restore_rng and doc.get("rng") is not None:
         try:
-            _restore_rng(doc["rng"], tensors)
+            restore_rng_state(doc["rng"], tensors)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise _corrupted(path, exc) from exc
     return doc["extra"]

@@ -272,13 +272,7 @@ def separate(
     Linear they replace, so the model's forward is untouched.
     Returns the model.
     """
-    if init not in ("random", "from_dense"):
-        raise ValueError(f"init must be 'random' or 'from_dense', got {init!r}")
-    if compression is not None and max_params is not None:
-        raise ValueError("give compression or max_params, not both")
-    if compression is not None and not (math.isfinite(compression) and compression >= 1):
-        raise ValueError(f"compression must be a finite number ≥ 1 (a ratio dense/separable), "
-                         f"got {compression}")
+    _check_budget(init, compression, max_params)
     include = [include] if isinstance(include, str) else list(include)
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -320,6 +314,17 @@ def separate(
     for name, new in replacements:
         _set_submodule(model, name, new)
     return model
+
+
+def _check_budget(init: str, compression: float | None, max_params: int | None) -> None:
+    """``ValueError`` for an unknown ``init`` or a bad or doubly given layer budget."""
+    if init not in ("random", "from_dense"):
+        raise ValueError(f"init must be 'random' or 'from_dense', got {init!r}")
+    if compression is not None and max_params is not None:
+        raise ValueError("give compression or max_params, not both")
+    if compression is not None and not (math.isfinite(compression) and compression >= 1):
+        raise ValueError(f"compression must be a finite number ≥ 1 (a ratio dense/separable), "
+                         f"got {compression}")
 
 
 def _opaque_linear_names(model: nn.Module) -> set[str]:

@@ -16,6 +16,7 @@ from sstorch.cli import main
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO
 from sstorch.export import onnx as export_mod
+from sstorch.export import parity
 from sstorch.export.onnx import ExportError, export_onnx, onnx_session
 from sstorch.io.checkpoint import save_checkpoint
 from sstorch.layers.separable import SeparableLinear
@@ -134,8 +135,8 @@ def test_a_materialized_kronecker_product_is_refused(tiny, images, tmp_path, mon
 
 def test_failed_parity_leaves_no_file(tiny, images, tmp_path, monkeypatch):
     out = tmp_path / "m.onnx"
-    real = export_mod._run_ort
-    monkeypatch.setattr(export_mod, "_run_ort", lambda s, x: real(s, x) + 1e-3)
+    real = parity.run_ort
+    monkeypatch.setattr(parity, "run_ort", lambda s, x: real(s, x) + 1e-3)
     with pytest.raises(ExportError, match=r"parity check failed.*nothing was written"):
         export_onnx(tiny, out, images=images)
     assert list(tmp_path.iterdir()) == []
