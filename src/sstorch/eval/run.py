@@ -260,6 +260,34 @@ def evaluate_run(target: str | os.PathLike, attacks: str | Sequence[str] = DEFAU
                               square_queries, log)
 
 
+def _journal_key(ckpt: Path, params: dict[str, Any]) -> str:
+    """SHA-256 of everything that decides a batch's outcome: the checkpoint's bytes, the
+    evaluation's parameters and the evaluation code loaded (:data:`_LOADED_DIGEST`)."""
+    try:
+        ckpt_digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise fs_error(exc, ckpt) from exc
+    return hashlib.sha256(json.dumps({"checkpoint": ckpt_digest, **params,
+                                      "code": _LOADED_DIGEST},
+                                     sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _attack_table(res: dict[str, Any], names: list[str], objs: dict[str, Attack]
+                  ) -> dict[str, dict[str, Any]]:
+    """``eval.json``'s ``attacks``: per attack acc, seconds, n_attacked, and its iterations
+    when the attack exposes them (PGD: ``steps``, ``restarts``)."""
+    table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
+                       "n_attacked": res["n"]}} if "clean" in names else {}
+    table.update(res["attacks"])
+    for a, obj in objs.items():
+        inner = getattr(obj, "attack", obj)
+        for key in ("steps", "restarts"):
+            value = getattr(inner, key, None)
+            if isinstance(value, int):
+                table[a][key] = value
+    return table
+
+
 def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run_dir: Path,
                    loader: DataLoader, ds: Dataset, names: list[str], objs: dict[str, Attack],
                    kw: dict[str, dict[str, Any]], eps: float, sweep_eps: list[float] | None,
@@ -272,26 +300,12 @@ def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run
     # An interrupted evaluation resumes from here, attack by attack, as long as nothing that
     # decides a batch's outcome changed (the key); eval.json replaces the journal at the end.
     journal = out_dir / "eval.journal.jsonl"
-    try:
-        ckpt_digest = hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise fs_error(exc, ckpt) from exc
-    key = hashlib.sha256(json.dumps({
-        "checkpoint": ckpt_digest,
+    key = _journal_key(ckpt, {
         "dataset": cfg.data.name, "n": len(ds), "batch_size": bs, "attacks": names,
-        "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type,
-        "code": _LOADED_DIGEST}, sort_keys=True, default=str).encode()).hexdigest()
+        "attack_kwargs": kw, "eps": eps, "seed": seed, "fast": fast, "device": dev.type})
     res = evaluate_attacks(model, loader, objs, eps, seed=seed, device=dev, fast=fast,
                            progress=True, journal=journal, journal_key=key, log=log)
-    table = {"clean": {"acc": res["clean_acc"], "seconds": res["clean_seconds"],
-                       "n_attacked": res["n"]}} if "clean" in names else {}
-    table.update(res["attacks"])
-    for a, obj in objs.items():  # iterations, when the attack exposes them (PGD: "PGD-50")
-        inner = getattr(obj, "attack", obj)
-        for key in ("steps", "restarts"):
-            value = getattr(inner, key, None)
-            if isinstance(value, int):
-                table[a][key] = value
+    table = _attack_table(res, names, objs)
     # The ε sweep and the sanity checks are journalled too, each as one line under the same key
     # with its own parameters (not in the key), so a crash in the sanity checks keeps the sweep.
     phases = {r["phase"]: r for r in _journal_lines(journal, key)

@@ -121,7 +121,7 @@ def logdet_condition(u: Tensor, eps: float = 1e-6) -> Tensor:
     to 1000) keeps ``G_δ`` numerically positive definite even when ``eps = 0``, and τ is as in
     :func:`log_condition`. ``log det`` comes from a float64 Cholesky factorisation.
 
-    Facts (proved by AM–GM, checked in ``tests/test_constraints.py``), with
+    Facts (proved by AM–GM, checked in ``tests/functional/test_penalties.py``), with
     ``κ = √(μ_max / μ_min)`` the regularised condition number:
 
     * ``f ≥ 0``, and ``f = 0`` iff all ``σ_i`` are equal, i.e. ``κ = 1``;

@@ -305,7 +305,8 @@ def test_code_version_names_the_package_and_its_commit(tmp_path, monkeypatch):
 
     text = code_version()
     assert text.startswith(f"sstorch {__version__}")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
+    assert (root / "pyproject.toml").is_file()
     if (root / ".git").exists():  # a checkout (CI clones one): the commit is recorded
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root,
                              capture_output=True, text=True, check=True).stdout.strip()
