@@ -44,6 +44,7 @@ import argparse
 import os
 import sys
 
+from sstorch.experiments.locks import held_by
 from sstorch.experiments.manifest import Job, Manifest, jobs, load_manifest
 from sstorch.experiments.records import load_record
 from sstorch.experiments.schedule import run_sweep
@@ -87,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list_jobs(m: Manifest) -> None:
-    """Print every job with its state: stale, done, trained, recorded or pending."""
+    """Print every job with its state: stale, done, trained, recorded or pending (and who
+    holds it while a process works on it)."""
     for j in jobs(m):
         state = ("stale" if config_drift(j) else "done" if j.evaluated
                  else "trained" if j.trained
@@ -96,6 +98,8 @@ def _list_jobs(m: Manifest) -> None:
         if state == "trained" and (prog := evaluation_progress(j.run_dir)) is not None:
             line += (f"  (evaluation under way: {prog[1]:,} test images in {prog[0]} "
                      f"journalled batch{'es' if prog[0] != 1 else ''})")
+        if state in ("pending", "trained") and (who := held_by(j.run_dir)):
+            line += f"  (running: held by {who})"
         print(line)
 
 
