@@ -1,4 +1,5 @@
-"""``sstorch sweep``: manifest checks, job order, resumable stages, CSV/table/plots, locks.
+"""``sstorch sweep``: manifest checks, job order, resumable stages, CSV/table/plots, run
+directories held by another process (engines: test_engine.py, test_engine_ray.py).
 
 The end-to-end sweep trains two tiny digits MLPs (one of them on two seeds) for one epoch and
 evaluates them on 40 test images with a 2-step PGD and the standard AutoAttack.
@@ -10,6 +11,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +20,12 @@ import torch
 import yaml
 
 from sstorch.cli import main
-from sstorch.experiments.locks import try_lock
+from sstorch.experiments.engine import SerialEngine
+from sstorch.experiments.locks import held_by, job_lock
 from sstorch.experiments.manifest import jobs, load_manifest
+from sstorch.experiments.schedule import run_sweep
 from sstorch.experiments.tables import CSV_COLUMNS
+from sstorch.io.fsutil import DirectoryBusy, lock_dir
 
 RECIPE = {
     "epochs": 1, "device": "cpu",
@@ -102,14 +108,33 @@ def test_missing_manifest(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
-    lock = try_lock(tmp_path / "a")
-    assert lock is not None and lock.read_text().split()[0] == str(os.getpid())
-    assert try_lock(tmp_path / "a") is None  # held by a live process (this one)
-    lock.write_text("999999999")  # a worker that died
-    assert try_lock(tmp_path / "a") is not None
-    lock.write_text(f"{os.getpid()} some-earlier-boot")  # same pid, but before a reboot
-    assert try_lock(tmp_path / "a") is not None
+def test_job_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
+    run = tmp_path / "a"
+    with job_lock(run) as lock:
+        assert held_by(run) == f"sstorch sweep, pid {os.getpid()}"
+        with pytest.raises(DirectoryBusy, match=f"held by another process .*pid {os.getpid()}"):
+            with job_lock(run):
+                pass
+    assert held_by(run) is None and lock.is_file()  # released, the file stays
+    lock.write_text("999999999 some-boot")  # a 0.1 pid file: nobody holds it
+    with job_lock(run):
+        pass
+    # a holder that is killed releases it (the kernel drops its flock)
+    code = ("import sys, time; from pathlib import Path; "
+            "from sstorch.experiments.locks import job_lock\n"
+            "with job_lock(Path(sys.argv[1])):\n print('in', flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "in"
+        assert held_by(run) == f"sstorch sweep, pid {proc.pid}"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert held_by(run) is None
+    with lock_dir(run, "sstorch train"):  # the run-dir lock of train / eval counts too
+        assert held_by(run) == f"sstorch train, pid {os.getpid()}"
 
 
 def test_sweep_end_to_end_and_resume(tmp_path, capsys):
@@ -364,12 +389,11 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
     assert "seed0: attack.eps: 0.1 → 0.2" in err and "--move-stale" in err
     assert not (job.run_dir / "summary.json").exists()  # nothing ran
 
-    lock = try_lock(job.run_dir)  # a live worker (this process) still runs the stale run
-    assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) != 0
-    err = capsys.readouterr().err
-    assert f"worker pid {os.getpid()}" in err and "nothing was moved" in err
-    assert not list(job.run_dir.parent.glob("seed0.stale-*")) and lock.is_file()
-    lock.unlink()
+    with job_lock(job.run_dir):  # a live sweep (this process) still runs the stale run
+        assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) != 0
+        err = capsys.readouterr().err
+        assert f"held by sstorch sweep, pid {os.getpid()}" in err and "nothing was moved" in err
+        assert not list(job.run_dir.parent.glob("seed0.stale-*"))
 
     assert main(["sweep", str(root), "--threads", "1", "--move-stale"]) == 0
     moved = list(job.run_dir.parent.glob("seed0.stale-*"))
@@ -389,13 +413,16 @@ def test_stale_runs_are_refused_moved_aside_and_left_out_of_the_table(tmp_path, 
         assert list(csv.DictReader(f)) == []
 
 
-def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path, monkeypatch):
-    from sstorch.experiments import sweep
+def test_a_job_waits_for_a_starting_point_another_process_is_training(tmp_path,
+                                                                      monkeypatch, capsys):
+    from sstorch.experiments import schedule
 
     rows = [{"method": "dense", "seeds": [0]},
             {"method": "sep", "seeds": [0], "init_from": "dense"}]
     m = load_manifest(_write_sweep(tmp_path, rows))
-    assert sweep._work(m, print, only={"sep"}) == 1  # nobody trains dense: give up at once
+    serial = SerialEngine()
+    assert run_sweep(m, serial, only={"sep"}) == 1  # nobody trains dense: give up at once
+    assert "which this call does not train (add dense to --only)" in capsys.readouterr().out
 
     class Waited(Exception):
         pass
@@ -403,17 +430,50 @@ def test_a_worker_waits_for_a_starting_point_another_worker_is_training(tmp_path
     def sleep(seconds: float) -> None:
         raise Waited(seconds)
 
-    monkeypatch.setattr(sweep.time, "sleep", sleep)
-    lock = try_lock(m.out_dir / "dense" / "seed0")  # a live worker (this process) trains it
-    assert lock is not None
-    with pytest.raises(Waited):
-        sweep._work(m, print, only={"sep"})
-    lock.write_text("999999999")  # that worker died: nothing to wait for
-    assert sweep._work(m, print, only={"sep"}) == 1
+    monkeypatch.setattr(schedule, "pause", sleep)
+    # another process trains dense (flock is per open file: this process's lock counts)
+    (m.out_dir / "dense" / "seed0").mkdir(parents=True)
+    with lock_dir(m.out_dir / "dense" / "seed0", "sstorch train"):
+        with pytest.raises(Waited):
+            run_sweep(m, serial, only={"sep"})
+    assert "waiting for 1 run(s) another process holds" in capsys.readouterr().out
+    assert run_sweep(m, serial, only={"sep"}) == 1  # it stopped: nothing to wait for
+
+
+def test_a_second_sweep_waits_for_a_run_the_first_holds_and_never_retrains_it(
+        tmp_path, monkeypatch, capsys):
+    """While one ``sstorch sweep`` holds a run, a second one on the same directory does the
+    other jobs, waits, then finds the run finished and does not train it again."""
+    from sstorch.experiments import schedule
+
+    m = load_manifest(_write_sweep(tmp_path, [{"method": "dense", "seeds": [0, 1]}],
+                                   eval={"pgd_steps": 1, "n": 8}))
+    first, second = jobs(m)
+    lock = job_lock(first.run_dir)
+    lock.__enter__()  # the first sweep is at work on dense seed 0
+    sleeps = []
+
+    def sleep(seconds: float) -> None:  # meanwhile the first sweep finishes its job
+        sleeps.append(seconds)
+        lock.__exit__(None, None, None)
+        assert schedule.run_task("train", first, m).state == "done"
+        assert schedule.run_task("evaluate", first, m).state == "done"
+
+    monkeypatch.setattr(schedule, "pause", sleep)
+    try:
+        capsys.readouterr()
+        assert run_sweep(m, SerialEngine()) == 0
+    finally:
+        lock.__exit__(None, None, None)
+    out = capsys.readouterr().out
+    assert sleeps == [schedule.RETRY_SECONDS]
+    assert f"{first.run_dir} is held by another process (sstorch sweep, pid" in out
+    assert out.count("== train dense seed 0") == 1 and out.count("== train dense seed 1") == 1
+    assert out.index("== train dense seed 1") < out.index("waiting for 1 run(s)")
+    assert first.evaluated and second.evaluated
 
 
 def test_a_row_distilled_from_another_waits_for_its_teacher_then_uses_it(tmp_path):
-    from sstorch.experiments import sweep
     from sstorch.experiments.manifest import job_overrides
 
     rows = [{"method": "dense", "seeds": [0]}, {"method": "sep", "seeds": [0], "teacher": "dense"}]
@@ -422,9 +482,9 @@ def test_a_row_distilled_from_another_waits_for_its_teacher_then_uses_it(tmp_pat
     teacher_dir = m.out_dir / "dense" / "seed0"
     assert student.teacher == teacher_dir and student.needs == [teacher_dir]
     assert f"distill.teacher={teacher_dir}" in job_overrides(student)
-    assert sweep._work(m, print, only={"sep"}) == 1  # nobody trains the teacher: give up
+    assert run_sweep(m, SerialEngine(), only={"sep"}) == 1  # nobody trains the teacher
     assert not student.run_dir.exists()
-    assert sweep._work(m, print) == 0  # the teacher first, then the student
+    assert run_sweep(m, SerialEngine()) == 0  # the teacher first, then the student
     saved = yaml.safe_load((student.run_dir / "config.yaml").read_text())
     assert saved["distill"]["teacher"] == str(teacher_dir) and saved["distill"]["method"] == "rslad"
     assert student.evaluated

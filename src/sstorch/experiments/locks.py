@@ -1,61 +1,88 @@
-"""Per-run lock files through which several ``sstorch sweep`` workers share one job queue.
+"""Which sweep task owns a run directory right now.
 
-A lock ``run_dir/.lock`` holds ``"<pid> <boot id>"``; it is stale when that process is gone or
-the machine has rebooted since (a new process may then have the same pid).
+The queue itself is the engine's (:mod:`sstorch.experiments.engine`); these locks only make a
+stage's *check, then act* atomic across processes and machines sharing ``out_dir``. A task
+holds :func:`job_lock` (``fcntl.flock`` on ``run_dir/.lock``) from its check "is this stage
+done?" to the stage's last file (``summary.json`` / ``sweep.json``); inside it, ``sstorch
+train`` and ``sstorch eval`` take the run-dir lock :func:`sstorch.io.fsutil.lock_dir` as
+always. Both are released by the operating system when their holder exits or is killed, so a
+crash never leaves a stale lock (a ``.lock`` pid file of sstorch 0.1 is simply taken over).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+from sstorch.io.fsutil import LOCK_NAME, DirectoryBusy, fs_error
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (``kill(pid, 0)``; one of another user counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+JOB_LOCK = ".lock"  # the name the 0.1 pid files had, so run-dir checks already ignore it
 
 
-def boot_id() -> str:
-    """This boot's id (Linux), so a lock from before a reboot never looks alive."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+@contextlib.contextmanager
+def job_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold ``run_dir/.lock`` exclusively for the block (creating ``run_dir``).
 
-
-def held(run_dir: Path) -> bool:
-    """Whether a live worker (this boot) holds ``run_dir/.lock``."""
-    try:
-        pid_text, _, boot = (run_dir / ".lock").read_text().strip().partition(" ")
-        pid = int(pid_text or 0)
-    except (OSError, ValueError):
-        return False
-    return bool(pid) and pid_alive(pid) and boot in ("", boot_id())
-
-
-def try_lock(run_dir: Path) -> Path | None:
-    """Create ``run_dir/.lock`` exclusively (taking over a dead worker's); None if held.
-
-    The lock holds ``"<pid> <boot id>"``; it is stale when that process is gone or the machine
-    has rebooted since (a new process may then have the same pid).
+    Raises:
+        DirectoryBusy: another process (another ``sstorch sweep``) holds it.
     """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: only the run-dir lock protects
+        yield run_dir / JOB_LOCK
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / ".lock"
-    for _ in range(2):
+    lock = run_dir / JOB_LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise fs_error(exc, lock) from exc
+    try:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            if held(run_dir):
-                return None
-            lock.unlink(missing_ok=True)  # stale: its worker died
-            continue
-        os.write(fd, f"{os.getpid()} {boot_id()}".strip().encode())
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryBusy(f"{run_dir} is held by another process ({_holder(lock)})"
+                                ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"sstorch sweep, pid {os.getpid()}".encode(), 0)
+        yield lock
+    finally:
         os.close(fd)
-        return lock
+
+
+def _holder(lock: Path) -> str:
+    """What a lock file says about its holder (``"sstorch train, pid 12"``), or "unknown"."""
+    try:
+        return lock.read_text(errors="replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def held_by(run_dir: Path) -> str | None:
+    """Who holds ``run_dir`` (its sweep lock or its train/eval lock), or None when nobody.
+
+    Probes each lock with a non-blocking ``flock`` released at once; since ``flock`` belongs to
+    an open file, a lock held by this very process through another open file counts as held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    for name in (JOB_LOCK, LOCK_NAME):
+        path = run_dir / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
     return None

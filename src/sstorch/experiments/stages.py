@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sstorch.config import drift_text
-from sstorch.experiments.locks import held
+from sstorch.experiments.locks import held_by
 from sstorch.experiments.manifest import Job, Manifest, job_overrides, jobs, selected
 from sstorch.io.fsutil import atomic_write_text
 
@@ -190,7 +190,8 @@ def training_end(run_dir: Path) -> dict[str, Any]:
 def handle_stale(m: Manifest, only: set[str] | None, move: bool,
                  log: Callable[[str], None] = print) -> None:
     """Refuse to run over stale runs (ValueError naming each drift), or rename them aside;
-    never one a live worker holds (its ``.lock``), and then nothing is moved."""
+    never one another process holds (a sweep task or ``sstorch train`` / ``eval`` in it), and
+    then nothing is moved."""
     stale = [(j, d) for j in jobs(m) if selected(j, only) and (d := config_drift(j))]
     if not stale:
         return
@@ -200,12 +201,11 @@ def handle_stale(m: Manifest, only: set[str] | None, move: bool,
                          f"row's config now:\n{lines}\nmove them away, set a new out_dir in "
                          "sweep.yaml, or pass --move-stale (renames each to "
                          "<run>.stale-<time>; nothing is deleted)")
-    busy = [j.run_dir for j, _ in stale if held(j.run_dir)]
-    if busy:  # renaming would carry off the live worker's lock and files mid-run
-        lines = "\n".join(f"  {d} (worker pid {(d / '.lock').read_text().split()[0]})"
-                           for d in busy)
-        raise ValueError(f"{len(busy)} stale run(s) are held by a live sweep worker:\n{lines}\n"
-                         "stop that worker (kill -TERM <pid>) and run --move-stale again; "
+    busy = [(j.run_dir, who) for j, _ in stale if (who := held_by(j.run_dir))]
+    if busy:  # renaming would carry off the live process's files mid-run
+        lines = "\n".join(f"  {d} (held by {who})" for d, who in busy)
+        raise ValueError(f"{len(busy)} stale run(s) are held by a live process:\n{lines}\n"
+                         "stop it (kill -TERM <pid>) and run --move-stale again; "
                          "nothing was moved")
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for j, _ in stale:

@@ -31,85 +31,28 @@ rebuilt from every finished run after each job. A finished stage leaves a file
 (``summary.json``, ``sweep.json``) and is never redone. A run whose saved ``config.yaml`` no
 longer matches its row's config is *stale*: the sweep refuses to resume it (``--move-stale``
 renames it aside and retrains) and the table leaves it out, so no table mixes two recipes.
-Several workers (``--workers``) share the queue through per-run lock files.
+The jobs run on an engine (:mod:`sstorch.experiments.engine`, scheduled by
+:mod:`sstorch.experiments.schedule`): in this process by default, on a local pool of
+``--workers`` spawned processes, or on a Ray cluster (``--ray ADDRESS``) when a sweep outgrows
+one machine. A run directory another process holds (a second ``sstorch sweep`` of the same
+directory, a ``sstorch train``) is never entered twice: the sweep waits for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
-from sstorch.experiments.locks import held, try_lock
-from sstorch.experiments.manifest import Job, Manifest, jobs, load_manifest, selected
+from sstorch.experiments.locks import held_by
+from sstorch.experiments.manifest import Job, Manifest, jobs, load_manifest
 from sstorch.experiments.records import load_record
+from sstorch.experiments.schedule import run_sweep
 from sstorch.experiments.stages import config_drift, evaluation_progress, handle_stale, run_job
 from sstorch.experiments.tables import write_report
 from sstorch.io.fsutil import expand_path
 
 __all__ = ["Job", "Manifest", "load_manifest", "main_sweep", "run_job", "write_report"]
-
-
-def _work(m: Manifest, log: Callable[[str], None], only: set[str] | None = None,
-          ignore_records: bool = False) -> int:
-    """Run every job this worker can take; returns the number of jobs left undone.
-
-    A job with a current record (:func:`load_record`) counts as done unless ``ignore_records``.
-    A job that raises (a diverged run, a bad config) is logged to ``run_dir/sweep-error.txt``
-    and skipped for the rest of this call, so one failure does not stop the sweep; the next
-    call retries it.
-    """
-    failed: set[Path] = set()
-    recorded = set() if ignore_records else {
-        j.run_dir for j in jobs(m) if not j.evaluated and load_record(m, j) is not None}
-
-    def todo() -> list[Job]:
-        return [j for j in jobs(m) if not j.evaluated and j.run_dir not in failed
-                and j.run_dir not in recorded and selected(j, only)]
-
-    while True:
-        pending = todo()
-        if not pending:
-            return len(failed)
-        took = False
-        for job in pending:
-            untrained = [d for d in job.needs if not (d / "summary.json").is_file()]
-            if untrained:
-                if recorded_dep := [d for d in untrained if d in recorded]:
-                    dep = recorded_dep[0]  # recorded elsewhere, not trained here
-                    failed.add(job.run_dir)
-                    log(f"!! {job.method} seed {job.seed} starts from {dep}, which "
-                        "is recorded but not trained on this machine: train it first with "
-                        f"--only {dep.parent.name}:{job.seed} --ignore-records")
-                continue  # its starting point or teacher is not trained yet
-            lock = try_lock(job.run_dir)
-            if lock is None:
-                continue
-            try:
-                if not job.evaluated:
-                    took = True
-                    run_job(job, m, log)
-                (job.run_dir / "sweep-error.txt").unlink(missing_ok=True)
-            except Exception as exc:  # recorded, reported, retried by the next call
-                failed.add(job.run_dir)
-                (job.run_dir / "sweep-error.txt").write_text(f"{type(exc).__name__}: {exc}\n")
-                log(f"!! {job.method} seed {job.seed} failed: {type(exc).__name__}: {exc} "
-                    f"(kept in {job.run_dir / 'sweep-error.txt'}; the next call retries it)")
-            finally:
-                lock.unlink(missing_ok=True)
-            write_report(m, log)
-            break
-        if not took:
-            waiting = todo()
-            # held by another worker, or waiting for a starting point another worker trains
-            busy = [j for j in waiting if held(j.run_dir) or any(held(d) for d in j.needs)]
-            if not busy:
-                return len(waiting) + len(failed)
-            time.sleep(30)  # others hold the remaining jobs or their dependencies
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -119,10 +62,16 @@ def _parser() -> argparse.ArgumentParser:
         description="Train and evaluate every (method, seed) of DIR/sweep.yaml, resuming "
         "whatever a previous call left unfinished, then rebuild the CSV, plots and table.")
     p.add_argument("directory", metavar="DIR")
-    p.add_argument("--workers", type=int, default=1,
-                   help="parallel worker processes sharing the queue (default: 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="jobs run at once: a local pool of worker processes (default: 1, "
+                   "in this process); with --ray, the most tasks in flight (default: the "
+                   "cluster's CPUs / threads)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per worker (default: cores / workers)")
+                   help="torch threads per worker (default: cores / workers; 1 with --ray)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the jobs on Ray: 'local' (start an instance here), 'auto' (the "
+                   "running cluster) or ray://host:port; out_dir must be on a shared file "
+                   "system (needs the 'ray' extra)")
     p.add_argument("--report-only", action="store_true",
                    help="only rebuild the CSV, plots and table from finished runs")
     p.add_argument("--list", action="store_true", help="print the jobs and their state")
@@ -139,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list_jobs(m: Manifest) -> None:
-    """Print every job with its state: stale, done, trained, recorded or pending."""
+    """Print every job with its state: stale, done, trained, recorded or pending (and who
+    holds it while a process works on it)."""
     for j in jobs(m):
         state = ("stale" if config_drift(j) else "done" if j.evaluated
                  else "trained" if j.trained
@@ -148,11 +98,44 @@ def _list_jobs(m: Manifest) -> None:
         if state == "trained" and (prog := evaluation_progress(j.run_dir)) is not None:
             line += (f"  (evaluation under way: {prog[1]:,} test images in {prog[0]} "
                      f"journalled batch{'es' if prog[0] != 1 else ''})")
+        if state in ("pending", "trained") and (who := held_by(j.run_dir)):
+            line += f"  (running: held by {who})"
         print(line)
 
 
+def _run(m: Manifest, args: argparse.Namespace, only: set[str] | None) -> int:
+    """Run the sweep on the engine the arguments ask for; the number of jobs left undone."""
+    from sstorch.experiments.engine import PoolEngine, RayEngine, SerialEngine
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+    run = dict(log=print, only=only, ignore_records=args.ignore_records)
+    if args.ray is not None:
+        engine = RayEngine(args.ray, args.threads or 1, args.workers)
+        try:
+            engine.check_shared(m.out_dir)
+            return run_sweep(m, engine, threads=engine.threads, **run)
+        finally:
+            engine.close()
+    workers = args.workers or 1
+    threads = args.threads or max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+        return run_sweep(m, SerialEngine(), **run)
+    pool = PoolEngine(workers, threads)
+    try:
+        return run_sweep(m, pool, threads=threads, **run)
+    finally:
+        pool.close()
+
+
 def main_sweep(argv: list[str]) -> int:
-    """``sstorch sweep DIR [--workers N] [--report-only] [--list] [--only JOBS] [--move-stale]``."""
+    """``sstorch sweep DIR [--workers N | --ray ADDRESS] [--threads T] [--report-only]
+    [--list] [--only JOBS] [--move-stale]``."""
     args = _parser().parse_args(argv)
     args.directory = expand_path(args.directory, "DIR")
     m = load_manifest(args.directory)
@@ -172,24 +155,7 @@ def main_sweep(argv: list[str]) -> int:
             print(table)
         return 0
     handle_stale(m, only, move=args.move_stale)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
-    if args.workers == 1:
-        import torch
-
-        torch.set_num_threads(threads)
-        left = _work(m, print, only, args.ignore_records)
-    else:
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "sstorch", "sweep", args.directory, "--threads",
-               str(threads), *(["--only", args.only] if args.only else []),
-               *(["--ignore-records"] if args.ignore_records else [])]
-        procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
-        for proc in procs:
-            proc.wait()
-        left = len([j for j in jobs(m) if not j.evaluated and selected(j, only) and (
-            args.ignore_records or load_record(m, j) is None)])
+    left = _run(m, args, only)
     table = write_report(m)
     if table:
         print(table)
