@@ -33,7 +33,7 @@ from torch import nn
 
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO, canonical_name
-from sstorch.eval.common import _frozen
+from sstorch.eval.common import frozen
 from sstorch.experiments.timing import cpu_seconds, machine_info, time_interleaved
 from sstorch.layers.tensorized import TensorizedLinear
 from sstorch.models import build_model
@@ -77,7 +77,7 @@ def tltorch_rebuild(model: nn.Module) -> Iterator[None]:
     for m in layers:
         m.forward = types.MethodType(lambda self, x: self.layer(x), m)
     try:
-        with _frozen(model):
+        with frozen(model):
             yield
     finally:
         for m in layers:
@@ -107,17 +107,17 @@ def main() -> None:
     fns: dict[str, Callable[[], object]] = {}
     params: dict[str, int] = {}
     for row in ROWS:
-        variants = [(row, _frozen)]
+        variants = [(row, frozen)]
         if row.startswith("prune"):
             variants = [(f"{row} (dense kernels)", dense_kernels), (f"{row} (CSR, as evaluated)",
-                                                                     _frozen)]
+                                                                     frozen)]
         elif row.startswith("tucker"):
             variants = [(f"{row} (tltorch: rebuild W)", tltorch_rebuild),
-                        (f"{row} (contracted, as evaluated)", _frozen)]
+                        (f"{row} (contracted, as evaluated)", frozen)]
         elif row.startswith("vgg16"):
-            standard = functools.partial(_frozen, channels_last=False)
+            standard = functools.partial(frozen, channels_last=False)
             variants = [(f"{row} (standard layout)", standard),
-                        (f"{row} (channels-last, as evaluated)", _frozen)]
+                        (f"{row} (channels-last, as evaluated)", frozen)]
         for name, ctx in variants:
             model = build(row)
             params[name] = summary(model).total_nnz

@@ -453,14 +453,14 @@ def count_nnz(cfg) -> int:
     from sstorch.data import DATASET_INFO, canonical_name
     from sstorch.models import build_model
     from sstorch.structure.summary import summary
-    from sstorch.training.loop import _prune
+    from sstorch.training.loop import prune_to
 
     info = DATASET_INFO[canonical_name(cfg.data.name)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
         if cfg.prune.enabled:
-            _prune(model, cfg.prune, 1.0)
+            prune_to(model, cfg.prune, 1.0)
     return summary(model).total_nnz
 
 

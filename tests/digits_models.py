@@ -78,7 +78,7 @@ def clean_mlp(steps: int) -> nn.Module:
     return fit(mlp([64]), steps)
 
 
-def _frozen(hidden: list[int], steps: int, fgsm_eps: float) -> nn.Module:
+def frozen(hidden: list[int], steps: int, fgsm_eps: float) -> nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = fit(mlp(hidden), steps, fgsm_eps)
@@ -90,14 +90,14 @@ def _frozen(hidden: list[int], steps: int, fgsm_eps: float) -> nn.Module:
 @functools.cache
 def undefended() -> nn.Module:
     """Clean training, 300 steps (≈ 92 % test accuracy); frozen, global RNG untouched."""
-    return _frozen([64], 300, 0.0)
+    return frozen([64], 300, 0.0)
 
 
 @functools.cache
 def fgsm_trained() -> nn.Module:
     """Fast adversarial training (FGSM-RS at ε = 0.1, ≈ 99 % clean test accuracy, ≈ 45 %
     robust at ε = 0.15): a model on which attack strength matters. Frozen, global RNG untouched."""
-    return _frozen([128, 128], 300, 0.1)
+    return frozen([128, 128], 300, 0.1)
 
 
 def check_linf_contract(attack: Callable[[nn.Module, Tensor, Tensor], Tensor], model: nn.Module,

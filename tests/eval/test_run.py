@@ -19,7 +19,7 @@ import sstorch
 from digits_models import fit, held_out
 from sstorch.config import load_config
 from sstorch.eval.certify import certify, lipschitz_bound
-from sstorch.eval.common import _frozen, channels_last_inference
+from sstorch.eval.common import channels_last_inference, frozen
 from sstorch.eval.run import main_eval
 from sstorch.eval.sanity import SanityCheck, sanity_checks
 from sstorch.eval.worst_case import evaluate_attacks
@@ -492,7 +492,10 @@ def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
     (tmp_path / "training/loop.py").write_text("x = 2\n")
     assert _package_digest(tmp_path) == before
     (tmp_path / "attacks/apgd.py").write_text("x = 2\n")
-    assert _package_digest(tmp_path) != before
+    changed = _package_digest(tmp_path)
+    assert changed != before
+    (tmp_path / "attacks/apgd.py").rename(tmp_path / "attacks/apgd_moved.py")  # a move alone
+    assert _package_digest(tmp_path) == changed
     excluded = {n.removesuffix(".py") for n in _NOT_EVALUATION}
     checked = 0
     for path in pkg.rglob("*.py"):
@@ -513,7 +516,7 @@ def test_journal_key_ignores_modules_evaluation_never_imports(tmp_path):
 
 
 def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tmp_path):
-    """Evaluation (`_frozen`) re-lays CPU conv kernels channels-last: logits and input gradients
+    """Evaluation (`frozen`) re-lays CPU conv kernels channels-last: logits and input gradients
     as in the standard layout (float rounding apart), the same Parameter objects, and on exit
     the standard layout again (safetensors stores only contiguous tensors)."""
     from safetensors.torch import save_file
@@ -530,7 +533,7 @@ def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tm
     x = torch.rand(6, 1, 28, 28, requires_grad=True)
     ref = model(x)
     (ref_g,) = torch.autograd.grad(ref.logsumexp(1).sum(), x)
-    with _frozen(model):
+    with frozen(model):
         assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
         assert all(not m.weight.is_contiguous() for m in convs[1:])  # the first has 1 channel
         assert list(model.parameters()) == params and all(
@@ -542,7 +545,7 @@ def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tm
     assert all(m.weight.is_contiguous() for m in convs)
     assert all(p.requires_grad for p in model.parameters())
     save_file({k: v for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
-    with _frozen(model, channels_last=False):
+    with frozen(model, channels_last=False):
         assert all(m.weight.is_contiguous() for m in convs)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))  # nothing 4-D: nothing changes
     before = [t.data_ptr() for t in mlp.parameters()]

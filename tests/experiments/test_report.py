@@ -18,7 +18,13 @@ import torch
 from PIL import Image
 
 from sstorch.config import load_config
-from sstorch.experiments.report import PLOTS, load_run, main_report, pareto_front, write_report
+from sstorch.experiments.report import (
+    PLOTS,
+    load_run_record,
+    main_report,
+    pareto_front,
+    write_report,
+)
 from sstorch.training.loop import train
 
 # --------------------------------------------------------------------------- fixtures
@@ -234,7 +240,7 @@ def test_bad_input(tmp_path: Path, runs: list[Path], capsys: pytest.CaptureFixtu
         write_report([runs[0], empty], tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing written before the input is checked
     with pytest.raises(ValueError, match="missing is not a directory"):
-        load_run(tmp_path / "missing")
+        load_run_record(tmp_path / "missing")
     with pytest.raises(ValueError, match="no run directories"):
         write_report([])
     with pytest.raises(SystemExit):
@@ -245,10 +251,10 @@ def test_bad_input(tmp_path: Path, runs: list[Path], capsys: pytest.CaptureFixtu
         write_report(runs, tmp_path / "out")
     (runs[1] / "eval.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"eval\.json holds a JSON list"):
-        load_run(runs[1])
+        load_run_record(runs[1])
     (runs[2] / "metrics.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match=r"metrics\.csv has no 'epoch' column"):
-        load_run(runs[2])
+        load_run_record(runs[2])
 
 
 def test_report_on_a_real_run(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from sstorch.config import load_config
 from sstorch.data import DATASET_INFO
-from sstorch.eval.common import _frozen
+from sstorch.eval.common import frozen
 from sstorch.io.checkpoint import load_checkpoint, save_checkpoint
 from sstorch.models import build_model
 from sstorch.pruning.hydra import Hydra
@@ -79,7 +79,7 @@ def test_pruning_keeps_exactly_the_requested_weights(scope):
 def test_sparse_inference_computes_the_same_function_and_input_gradients():
     """A pruned Linear at ≤ 10 % density runs with a CSR weight inside the block (values and
     input gradients equal to the dense product), a denser one stays dense, and everything is
-    restored afterwards; evaluation (`_frozen`) uses it."""
+    restored afterwards; evaluation (`frozen`) uses it."""
     model = _mlp()
     kept = prune_linear_(model, keep=60, scope="layer")  # ≤ 10 % of every layer
     with torch.no_grad():  # the head back to 100 % dense, still carrying a mask
@@ -108,7 +108,7 @@ def test_sparse_inference_computes_the_same_function_and_input_gradients():
     torch.testing.assert_close(g, dense_g, atol=1e-6, rtol=1e-5)
     assert all(a is b for a, b in zip(model, originals, strict=True))  # put back
     assert not any(isinstance(m, SparseLinear) or "forward" in vars(m) for m in model.modules())
-    with _frozen(model):
+    with frozen(model):
         assert isinstance(model[0], SparseLinear)
         torch.testing.assert_close(model(x), dense_y, atol=1e-6, rtol=1e-5)
     assert type(model[0]) is nn.Linear and model[0] is originals[0]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from sstorch.eval.common import _check_eps, _device_of, _frozen, _make_attack
+from sstorch.eval.common import _check_eps, _device_of, _make_attack, frozen
 from sstorch.eval.run import parse_attacks
 from sstorch.eval.sanity import SanityCheck, sanity_checks
 from sstorch.eval.worst_case import evaluate_attacks
@@ -111,7 +111,7 @@ def _check_batch(x: Any, y: Any, model: nn.Module, device: torch.device) -> None
                                                     torch.uint8):
         raise ValueError(f"labels must be an integer tensor of class indices, got "
                          f"{getattr(y, 'dtype', type(y).__name__)}")
-    with torch.no_grad(), _frozen(model, channels_last=False):
+    with torch.no_grad(), frozen(model, channels_last=False):
         logits = model(x[:1].to(device))
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"the model must return logits of shape (N, classes), got "

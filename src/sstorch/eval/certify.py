@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from sstorch.eval.common import _device_of, _frozen
+from sstorch.eval.common import _device_of, frozen
 from sstorch.layers.base import StructuredLinear
 from sstorch.models import ImageClassifier, Normalize
 
@@ -88,7 +88,7 @@ def certify(model: nn.Module, loader: DataLoader, radii: Sequence[float] = CERT_
         return out
     device = _device_of(model, device)
     radius = []
-    with _frozen(model):
+    with frozen(model):
         for x, y in loader:
             z = model(x.to(device)).double()
             y = y.to(device)

@@ -71,7 +71,7 @@ def channels_last_inference(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def _frozen(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
+def frozen(model: nn.Module, channels_last: bool = True) -> Iterator[nn.Module]:
     """``model`` in eval mode without parameter gradients (attacks need input gradients only);
     pruned Linear layers run with sparse weights (:func:`sstorch.pruning.sparse.sparse_inference`)
     and, on the CPU, convolutions in channels-last layout (:func:`channels_last_inference`;

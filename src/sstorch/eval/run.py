@@ -63,7 +63,7 @@ from sstorch.structure.stats import layer_stats
 __all__ = [
     "DEFAULT_ATTACKS", "LARGE_EPS", "SanityCheck", "certify", "default_sweep",
     "evaluate_attacks", "evaluate_run", "lipschitz_bound", "load_run", "main_eval",
-    "parse_attacks", "pgd_sweep", "render_markdown", "sanity_checks",
+    "parse_attacks", "pgd_sweep", "render_eval_markdown", "sanity_checks",
 ]
 
 DEFAULT_ATTACKS = ("clean", "fgsm", "pgd", "cw", "autoattack")
@@ -151,15 +151,14 @@ _NOT_EVALUATION = frozenset({"__main__.py", "cli.py", "experiments", "export", "
 
 def _package_digest(root: Path | None = None) -> str:
     """SHA-256 over the source of every sstorch module evaluation can run: all ``*.py`` files of
-    the package (by path relative to it) except those under ``_NOT_EVALUATION``. Changes with that
-    code, not with commits that touch only docs, results, tests, training or the sweep."""
+    the package except those under ``_NOT_EVALUATION``, as the sorted multiset of their contents'
+    digests. Changes with that code, not with commits that touch only docs, results, tests,
+    training or the sweep, and not when a module only moves or is renamed."""
     root = root or Path(__file__).resolve().parents[1]
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if rel.parts[0] not in _NOT_EVALUATION:
-            h.update(rel.as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+    digests = sorted(hashlib.sha256(path.read_bytes()).hexdigest()
+                     for path in root.rglob("*.py")
+                     if path.relative_to(root).parts[0] not in _NOT_EVALUATION)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
 # The source this process loaded (computed at import, so a module edited on disk while a long
@@ -354,7 +353,7 @@ def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run
     result = _json_safe(result)
     atomic_write_text(out_dir / "eval.json",
                       json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(out_dir / "eval.md", render_markdown(result))
+    atomic_write_text(out_dir / "eval.md", render_eval_markdown(result))
     journal.unlink(missing_ok=True)
     log(f"clean {result['clean_acc']:.4f}, robust {result['robust_acc']:.4f} (ε={eps:g}); "
         f"sanity {sum(c.passed for c in checks)}/{len(checks)} passed; "
@@ -365,7 +364,7 @@ def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run
     return result
 
 
-def render_markdown(r: dict[str, Any]) -> str:
+def render_eval_markdown(r: dict[str, Any]) -> str:
     """``eval.md``: the numbers of ``eval.json`` as tables a reviewer reads."""
     def f(v: Any, nd: int = 4) -> str:
         return "–" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)

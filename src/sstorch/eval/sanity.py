@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from sstorch.eval.common import _check_eps, _device_of, _frozen, _make_attack, _pgd, _subloader
+from sstorch.eval.common import _check_eps, _device_of, _make_attack, _pgd, _subloader, frozen
 from sstorch.eval.worst_case import _acc, _correct_after, pgd_sweep
 
 LARGE_EPS = 0.5  # check (b): L∞ radius at which an honest evaluation breaks (almost) everything
@@ -69,7 +69,7 @@ def sanity_checks(model: nn.Module, loader: DataLoader, eps: float, *,
     large_eps = _check_eps(large_eps, "large_eps")
     device = _device_of(model, device)
     checks: list[SanityCheck] = []
-    with _frozen(model):
+    with frozen(model):
         clean = _correct_after(model, loader, None, eps, seed, 0, device)
         n = clean.numel()
         if n == 0:

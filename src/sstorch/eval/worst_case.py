@@ -21,11 +21,11 @@ from sstorch.eval.common import (
     _check_adv,
     _check_eps,
     _device_of,
-    _frozen,
     _pgd,
     _predict,
     _seeded,
     _sync,
+    frozen,
 )
 from sstorch.eval.journal import _append_journal, _hex_mask, _mask_hex, _read_journal
 
@@ -80,7 +80,7 @@ def evaluate_attacks(model: nn.Module, loader: DataLoader, attacks: dict[str, At
               else lambda line: _append_journal(jpath, {"key": journal_key, **line}))
     bar = tqdm(total=len(loader.dataset), unit="img", desc="attacks", disable=not progress,
                leave=False, dynamic_ncols=True, file=sys.stderr)
-    with _frozen(model), bar:
+    with frozen(model), bar:
         for b, (x, y) in enumerate(loader):
             if b in done:
                 totals.add_journalled(done[b])
@@ -271,7 +271,7 @@ def pgd_sweep(model: nn.Module, loader: DataLoader, eps_values: Sequence[float],
     """
     device = _device_of(model, device)
     rows = []
-    with _frozen(model):
+    with frozen(model):
         for i, e in enumerate(sorted({_check_eps(float(v), "sweep eps") for v in eps_values})):
             ok = _correct_after(model, loader, _pgd(e, steps, seed), e, seed, 100 + i,
                                 device)

@@ -71,7 +71,7 @@ def _observations(result: BenchResult) -> list[str]:
     return notes
 
 
-def render_markdown(result: BenchResult, command: str) -> str:
+def render_bench_markdown(result: BenchResult, command: str) -> str:
     """The full ``docs/benchmarks.md``: machine, acceptance bars, table and method notes."""
     lines = _machine_lines(result, command)
     lines += _acceptance_lines(result)
@@ -266,7 +266,7 @@ def main_layer_bench(argv: list[str] | None = None, *, prog: str = "sstorch benc
         kept = (markdown_sections(open(args.out_md).read()) if os.path.exists(args.out_md)
                 else {})  # e.g. the deploy benchmark's section (benchmarks/deploy.py)
         with open(args.out_md, "w") as f:
-            f.write(render_markdown(result, command))
+            f.write(render_bench_markdown(result, command))
             f.writelines(f"\n{block}\n" for block in kept.values())
         print(f"wrote {args.out_md}")
     return 0

@@ -155,11 +155,11 @@ def _prune_step(t: Trainer, epoch: int) -> None:
         if epoch >= p.end_epoch and hydra.active:
             hydra.finalize()
     elif p.enabled and p.start_epoch <= epoch:
-        _prune(core, p, min(1.0, (epoch - p.start_epoch + 1)
+        prune_to(core, p, min(1.0, (epoch - p.start_epoch + 1)
                             / (p.end_epoch - p.start_epoch + 1)))
 
 
-def _prune(model: nn.Module, p: PruneConfig, frac: float) -> None:
+def prune_to(model: nn.Module, p: PruneConfig, frac: float) -> None:
     """One step of the pruning ramp (``frac`` of the way from start_epoch to end_epoch).
 
     Separable models: factor entries, linear in sparsity (:func:`prune_factors`). Dense models:

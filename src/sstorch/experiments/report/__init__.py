@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 
 from sstorch.experiments.pareto import pareto_front
-from sstorch.experiments.report.markdown import render_markdown, write_report
+from sstorch.experiments.report.markdown import render_report_markdown, write_report
 from sstorch.experiments.report.plots import PLOTS
-from sstorch.experiments.report.runs import Run, load_run
+from sstorch.experiments.report.runs import Run, load_run_record
 from sstorch.io.fsutil import expand_path
 
-__all__ = ["Run", "load_run", "main_report", "pareto_front", "render_markdown", "write_report"]
-
+__all__ = ["Run", "load_run_record", "main_report", "pareto_front", "render_report_markdown",
+           "write_report"]
 
 
 def main_report(argv: list[str]) -> int:

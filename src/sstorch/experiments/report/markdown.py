@@ -16,7 +16,7 @@ from sstorch.experiments.report.plots import (
     plot_robust_vs_eps,
     plot_training_curves,
 )
-from sstorch.experiments.report.runs import DASH, Run, _labels, load_run
+from sstorch.experiments.report.runs import DASH, Run, _labels, load_run_record
 from sstorch.io.fsutil import (
     FileSystemError,
     atomic_write_text,
@@ -90,7 +90,7 @@ HEADER = ["run", "model", "dataset", "ε", "n", "parameters", "compression", "nn
 TEXT_COLUMNS = {"run", "model", "dataset", "sanity"}  # left-aligned; numbers right-aligned
 
 
-def render_markdown(runs: Sequence[Run], out_dir: Path, notes: dict[str, str] | None = None,
+def render_report_markdown(runs: Sequence[Run], out_dir: Path, notes: dict[str, str] | None = None,
                     ) -> str:
     """The text of ``report.md``; ``notes`` maps a plot file name to a line shown under it."""
     notes = notes or {}
@@ -166,7 +166,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         raise ValueError("no run directories given; pass one or more directories made by "
                          "`sstorch train` (e.g. sstorch report runs/a runs/b)")
     paths = [Path(p) for p in run_dirs]
-    runs = [load_run(p, lab) for p, lab in zip(paths, _labels(paths), strict=True)]
+    runs = [load_run_record(p, lab) for p, lab in zip(paths, _labels(paths), strict=True)]
     out = Path(out_dir) if out_dir is not None else default_out_dir(paths[0])
     if out.exists() and not out.is_dir():
         raise FileSystemError(None, f"{out}: exists and is not a directory — give a directory "
@@ -176,7 +176,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     plotters = (plot_robust_vs_eps, plot_accuracy_vs_params, plot_training_curves, plot_kappa)
     notes = {name: fn(runs, out / name) for name, fn in zip(PLOTS, plotters, strict=True)}
     report = out / "report.md"
-    atomic_write_text(report, render_markdown(runs, out, notes))
+    atomic_write_text(report, render_report_markdown(runs, out, notes))
     return report
 
 

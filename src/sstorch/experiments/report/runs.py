@@ -1,4 +1,4 @@
-"""Reading run directories for ``sstorch report``: :class:`Run` and :func:`load_run`."""
+"""Reading run directories for ``sstorch report``: :class:`Run` and :func:`load_run_record`."""
 
 from __future__ import annotations
 
@@ -199,7 +199,7 @@ def _log10_prod(values: Sequence[float]) -> float:
     return sum(math.log10(v) for v in vals)  # inf if any κ is inf
 
 
-def load_run(path: str | Path, label: str | None = None) -> Run:
+def load_run_record(path: str | Path, label: str | None = None) -> Run:
     """Read a run directory; ``ValueError`` if ``path`` is not one or a file is corrupt."""
     p = Path(path)
     if not p.is_dir():
