@@ -124,8 +124,7 @@ class ModelConfig:
     dropout: float = 0.0
     # Comparison layers for a dense mlp (sstorch.layers.lowrank, .tensorized): none, lowrank
     # (W = AB), tucker or tt (tensorly-torch). baseline_rank: lowrank's int rank r; tucker / tt:
-    # an int rank ≥ 1 or
-    # a fraction < 1 of each layer's dense parameters.
+    # an int rank ≥ 1 or a fraction < 1 of each layer's dense parameters.
     baseline: str = "none"
     baseline_rank: float = 1
 
