@@ -13,44 +13,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
-from sstorch.io.fsutil import LOCK_NAME, DirectoryBusy, fs_error
+from sstorch.io.fsutil import LOCK_NAME, hold_lock
 
 JOB_LOCK = ".lock"  # the name the 0.1 pid files had, so run-dir checks already ignore it
 
 
-@contextlib.contextmanager
-def job_lock(run_dir: Path) -> Iterator[Path]:
+def job_lock(run_dir: Path) -> contextlib.AbstractContextManager[Path]:
     """Hold ``run_dir/.lock`` exclusively for the block (creating ``run_dir``).
 
     Raises:
         DirectoryBusy: another process (another ``sstorch sweep``) holds it.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: only the run-dir lock protects
-        yield run_dir / JOB_LOCK
-        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / JOB_LOCK
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise fs_error(exc, lock) from exc
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DirectoryBusy(f"{run_dir} is held by another process ({_holder(lock)})"
-                                ) from None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"sstorch sweep, pid {os.getpid()}".encode(), 0)
-        yield lock
-    finally:
-        os.close(fd)
+    return hold_lock(run_dir / JOB_LOCK, "sstorch sweep",
+                     lambda holder: f"{run_dir} is held by another process ({holder})")
 
 
 def _holder(lock: Path) -> str:

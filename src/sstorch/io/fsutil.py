@@ -250,24 +250,19 @@ def append_line(path: str | os.PathLike, line: str) -> None:
 
 
 @contextlib.contextmanager
-def lock_dir(directory: str | os.PathLike, what: str) -> Iterator[Path]:
-    """Hold an exclusive lock on ``directory`` (``<directory>/.sstorch.lock``) for the block.
+def hold_lock(lock: Path, what: str, busy: Callable[[str], str]) -> Iterator[Path]:
+    """Hold ``fcntl.flock`` on the file ``lock`` (created if needed) for the block.
 
-    ``what`` (e.g. ``"sstorch train"``) is written into the lock file, so a refused process
-    can say who holds it. The lock is ``fcntl.flock``: the operating system releases it when
-    the holder exits or is killed, so a crash never leaves a stale lock. Without ``fcntl``
-    (Windows) this is a no-op.
-
-    Raises:
-        DirectoryBusy: another process holds the lock.
-        FileSystemError: the lock file cannot be created (read-only directory, …).
+    ``what`` is written into the file so that a refused process can name the holder;
+    ``busy(holder)`` is the message of the :class:`DirectoryBusy` raised when another process
+    holds it. The operating system releases the lock when its holder exits or is killed. Without
+    ``fcntl`` (Windows) this is a no-op.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
-        yield Path(directory) / LOCK_NAME
+        yield lock
         return
-    lock = Path(directory) / LOCK_NAME
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
@@ -277,9 +272,7 @@ def lock_dir(directory: str | os.PathLike, what: str) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
-            raise DirectoryBusy(
-                f"{directory} is in use by another process ({holder}); wait for it to finish "
-                "or stop it, then run the command again") from None
+            raise DirectoryBusy(busy(holder)) from None
         except OSError as exc:
             raise fs_error(exc, lock) from exc
         with contextlib.suppress(OSError):  # who holds it, for the message above
@@ -288,3 +281,19 @@ def lock_dir(directory: str | os.PathLike, what: str) -> Iterator[Path]:
         yield lock
     finally:
         os.close(fd)  # releases the lock
+
+
+def lock_dir(directory: str | os.PathLike, what: str) -> contextlib.AbstractContextManager[Path]:
+    """Hold an exclusive lock on ``directory`` (``<directory>/.sstorch.lock``) for the block.
+
+    ``what`` (e.g. ``"sstorch train"``) is written into the lock file, so a refused process
+    can say who holds it. The lock is ``fcntl.flock`` (:func:`hold_lock`): the operating system
+    releases it when the holder exits or is killed, so a crash never leaves a stale lock.
+
+    Raises:
+        DirectoryBusy: another process holds the lock.
+        FileSystemError: the lock file cannot be created (read-only directory, …).
+    """
+    return hold_lock(Path(directory) / LOCK_NAME, what, lambda holder: (
+        f"{directory} is in use by another process ({holder}); wait for it to finish or stop "
+        "it, then run the command again"))
