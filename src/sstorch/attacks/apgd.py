@@ -36,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.attacks.base import NORMS, check_counts, check_eps, check_labels
+from sstorch.attacks.base import (
+    NORMS,
+    Attack,
+    check_counts,
+    check_labels,
+    per_example,
+    project_linf,
+)
 from sstorch.attacks.losses import dlr_loss, dlr_targeted_loss, margin
 from sstorch.attacks.registry import register_attack
 
@@ -59,9 +66,7 @@ def checkpoints(n_iter: int) -> list[int]:
     return out
 
 
-def _check(eps: float, norm: str, n_iter: int, n_restarts: int, rho: float,
-           momentum: float) -> None:
-    check_eps(eps, norm)
+def _check(n_iter: int, n_restarts: int, rho: float, momentum: float) -> None:
     check_counts(n_iter=n_iter, n_restarts=n_restarts)
     if not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
@@ -69,7 +74,7 @@ def _check(eps: float, norm: str, n_iter: int, n_restarts: int, rho: float,
         raise ValueError(f"momentum must be in (0, 1], got {momentum}")
 
 
-class APGD:
+class APGD(Attack):
     r"""Auto-PGD (Croce & Hein 2020) with the cross-entropy or the DLR loss, untargeted.
 
     Threat model: ``‖x_adv − x‖_p ≤ ε`` with ``p = ∞`` (``norm="Linf"``) or ``p = 2``
@@ -92,9 +97,10 @@ class APGD:
         Cross-entropy (APGD-CE) or difference of logits ratio (APGD-DLR). Default ``"ce"``.
     rho : float
         Condition 1's fraction of successful steps ``ρ``. Default 0.75.
-    seed : int
-        Seed of the random starts (a local generator: the global RNG is left alone, and two
-        calls with the same inputs give the same output).
+    seed : int or None
+        Seed of the random starts (:class:`~sstorch.attacks.base.Attack`'s local generator:
+        the global RNG is left alone, and two calls with the same inputs give the same output);
+        ``None`` draws from torch's global RNG.
     momentum : float
         ``α``, the weight of the new step against the previous one. Default 0.75.
 
@@ -105,13 +111,14 @@ class APGD:
     """
 
     def __init__(self, eps: float, norm: str = "Linf", n_iter: int = 100, n_restarts: int = 1,
-                 loss: str = "ce", rho: float = 0.75, seed: int = 0,
+                 loss: str = "ce", rho: float = 0.75, seed: int | None = 0,
                  momentum: float = 0.75) -> None:
-        _check(eps, norm, n_iter, n_restarts, rho, momentum)
+        super().__init__(eps, norm=norm, seed=seed)
+        _check(n_iter, n_restarts, rho, momentum)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"loss must be 'ce' or 'dlr', got {loss!r}")
-        self.eps, self.norm, self.n_iter, self.n_restarts = eps, norm, n_iter, n_restarts
-        self.loss, self.rho, self.seed, self.momentum = loss, rho, seed, momentum
+        self.n_iter, self.n_restarts = n_iter, n_restarts
+        self.loss, self.rho, self.momentum = loss, rho, momentum
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(eps={self.eps:g}, norm={self.norm!r}, "
@@ -136,36 +143,34 @@ class APGD:
 
     # -- geometry ----------------------------------------------------------------------------
 
-    def _view(self, t: Tensor, like: Tensor) -> Tensor:
-        return t.view(-1, *[1] * (like.dim() - 1))
-
-    def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Nearest point of ``B_p(x, ε) ∩ [0, 1]^d``; L2 scales ``δ`` by
+        ``min(1, ε / (‖δ‖₂ + 10⁻¹²))`` (the reference's round-off, not the base's clamp)."""
         if self.norm == "Linf":
-            x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps)
-        else:
-            delta = x_adv - x
-            norms = delta.flatten(1).norm(dim=1)
-            delta = delta * self._view((self.eps / (norms + 1e-12)).clamp(max=1.0), x)
-            x_adv = x + delta
+            return project_linf(x_adv, x, self.eps)
+        delta = x_adv - x
+        norms = delta.flatten(1).norm(dim=1)
+        delta = delta * per_example((self.eps / (norms + 1e-12)).clamp(max=1.0), x)
         # Clipping to [0, 1] moves every coordinate towards x ∈ [0, 1]: it stays in the ball.
-        return x_adv.clamp(0, 1)
+        return (x + delta).clamp(0, 1)
 
     def _direction(self, grad: Tensor) -> Tensor:
+        """``s(g)``: ``sign g`` (L∞) or ``g / (‖g‖₂ + 10⁻¹²)`` (L2)."""
         if self.norm == "Linf":
             return grad.sign()
-        return grad / self._view(grad.flatten(1).norm(dim=1) + 1e-12, grad)
+        return grad / per_example(grad.flatten(1).norm(dim=1) + 1e-12, grad)
 
-    def _random_start(self, x: Tensor, gen: torch.Generator) -> Tensor:
+    def _random_start(self, x: Tensor, gen: torch.Generator | None) -> Tensor:
         if self.norm == "Linf":
             u = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-            return self._project(x + self.eps * (2 * u - 1), x)
+            return self.project(x + self.eps * (2 * u - 1), x)
         g = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        return self._project(x + self.eps * self._direction(g), x)
+        return self.project(x + self.eps * self._direction(g), x)
 
     # -- one run -----------------------------------------------------------------------------
 
     def _run(self, model: nn.Module, x: Tensor, labels: Tensor, targets: Tensor | None,
-             gen: torch.Generator) -> tuple[Tensor, Tensor]:
+             gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """One APGD run from a random start: the lowest-margin point and its margin per example."""
         n, marks = x.shape[0], set(checkpoints(self.n_iter))
         x_cur = self._random_start(x, gen)
@@ -186,12 +191,12 @@ class APGD:
             if s["idx"].numel() == 0:
                 break
             x_cur, x0 = s["x_cur"], s["x"]
-            z = self._project(x_cur + self._view(s["eta"], x0) * self._direction(s["grad"]), x0)
+            z = self.project(x_cur + per_example(s["eta"], x0) * self._direction(s["grad"]), x0)
             if k == 0:
                 x_new = z
             else:
                 a = self.momentum
-                x_new = self._project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"]),
+                x_new = self.project(x_cur + a * (z - x_cur) + (1 - a) * (x_cur - s["x_prev"]),
                                       x0)
             loss, grad, marg = self._eval(model, x_new, s["y"], s["t"])
             s["n_up"] += (loss > s["loss"]).to(s["n_up"].dtype)
@@ -208,9 +213,9 @@ class APGD:
                 cond2 = ~s["halved"] & (s["f_max"] <= s["f_max_mark"])
                 halve = cond1 | cond2
                 s["eta"] = torch.where(halve, s["eta"] / 2, s["eta"])
-                s["x_cur"] = torch.where(self._view(halve, x0), s["x_max"], s["x_cur"])
-                s["x_prev"] = torch.where(self._view(halve, x0), s["x_max"], s["x_prev"])
-                s["grad"] = torch.where(self._view(halve, x0), s["grad_max"], s["grad"])
+                s["x_cur"] = torch.where(per_example(halve, x0), s["x_max"], s["x_cur"])
+                s["x_prev"] = torch.where(per_example(halve, x0), s["x_max"], s["x_prev"])
+                s["grad"] = torch.where(per_example(halve, x0), s["grad_max"], s["grad"])
                 s["loss"] = torch.where(halve, s["f_max"], s["loss"])
                 s["halved"], s["f_max_mark"] = halve, s["f_max"].clone()
                 s["n_up"] = torch.zeros_like(s["n_up"])
@@ -223,12 +228,13 @@ class APGD:
     def _targets(self, clean_logits: Tensor) -> list[Tensor | None]:
         return [None]
 
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    def check_inputs(self, images: Tensor, labels: Tensor) -> None:
+        """Refuse labels that are not ``(N,)`` for ``(N, ...)`` images."""
         check_labels(images, labels)
-        x = images.detach()
-        if self.eps == 0:
-            return x.clone()
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+
+    def perturb(self, model: nn.Module, x: Tensor, labels: Tensor,
+                gen: torch.Generator | None) -> Tensor:
+        """Per example the lowest-margin point over every target and restart."""
         with torch.no_grad():
             clean_logits = model(x)
         best_x, best_marg = x.clone(), margin(clean_logits, labels)
@@ -277,7 +283,7 @@ class APGDTargeted(APGD):
     """
 
     def __init__(self, eps: float, norm: str = "Linf", n_iter: int = 100, n_restarts: int = 1,
-                 n_target_classes: int = 9, rho: float = 0.75, seed: int = 0,
+                 n_target_classes: int = 9, rho: float = 0.75, seed: int | None = 0,
                  momentum: float = 0.75) -> None:
         super().__init__(eps, norm, n_iter, n_restarts, "ce", rho, seed, momentum)
         check_counts(n_target_classes=n_target_classes)

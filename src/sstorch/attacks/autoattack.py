@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from sstorch.attacks.apgd import APGD, APGDTargeted
-from sstorch.attacks.base import Attack, check_eps, check_labels
+from sstorch.attacks.base import Attack, check_labels, per_example
 from sstorch.attacks.registry import register_attack
 
 __all__ = ["COMPONENTS", "STANDARD", "AutoAttack", "AutoAttackResult"]
@@ -122,7 +122,7 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @register_attack("autoattack")
-class AutoAttack:
+class AutoAttack(Attack):
     r"""AutoAttack (Croce & Hein 2020): APGD-CE → APGD-T → FAB-T → Square, worst case per example.
 
     Threat model: ``‖x_adv − x‖_p ≤ ε``, ``p ∈ {∞, 2}``, ``x_adv ∈ [0, 1]``; images in ``[0, 1]``
@@ -130,6 +130,8 @@ class AutoAttack:
     classified correctly; its outputs are projected onto the threat model (absorbing round-off)
     and checked with the model, so a counted success is always a valid adversarial example.
     The model is evaluated in eval mode (each module's own mode is restored afterwards).
+    As an :class:`~sstorch.attacks.base.Attack`, ``attack(model, images, labels)`` is
+    ``run(...).x_adv`` (images returned unchanged for ``ε = 0`` or an empty batch).
 
     Parameters
     ----------
@@ -140,8 +142,9 @@ class AutoAttack:
     version : {"standard", "custom"}
         ``"standard"``: the four attacks above with the paper's settings. ``"custom"``: the
         attacks named in ``attacks`` (passing ``attacks`` implies ``"custom"``).
-    seed : int
-        Seed passed to every attack (each uses a local generator): runs are reproducible.
+    seed : int or None
+        Seed passed to every attack (each draws from its own generator, see :meth:`generator`):
+        runs are reproducible.
     attacks : sequence of str, optional
         Names from :data:`COMPONENTS` (``"apgd-ce"``, ``"apgd-dlr"``, ``"apgd-t"``, ``"fab-t"``,
         ``"square"``), run in the given order.
@@ -152,9 +155,10 @@ class AutoAttack:
     >>> print(result.robust_accuracy, result.accuracy)
     """
 
-    def __init__(self, eps: float, norm: str = "Linf", version: str = "standard", seed: int = 0,
+    def __init__(self, eps: float, norm: str = "Linf", version: str = "standard",
+                 seed: int | None = 0,
                  attacks: list[str] | tuple[str, ...] | None = None) -> None:
-        check_eps(eps, norm)
+        super().__init__(eps, norm=norm, seed=seed)
         if version not in ("standard", "custom"):
             raise ValueError(f"version must be 'standard' or 'custom', got {version!r}")
         if attacks is None:
@@ -166,8 +170,7 @@ class AutoAttack:
             unknown = [a for a in attacks if a not in COMPONENTS]
             if unknown or not attacks:
                 raise ValueError(f"unknown attacks {unknown}; choose from {sorted(COMPONENTS)}")
-        self.eps, self.norm, self.version, self.seed = eps, norm, version, seed
-        self.attacks = list(attacks)
+        self.version, self.attacks = version, list(attacks)
 
     def __repr__(self) -> str:
         return (f"AutoAttack(eps={self.eps:g}, norm={self.norm!r}, version={self.version!r}, "
@@ -182,32 +185,43 @@ class AutoAttack:
             attack_cls = getattr(importlib.import_module(module), cls)
         return attack_cls(self.eps, norm=self.norm, seed=self.seed, **kwargs)
 
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        """The worst-case adversarial examples (``run(...).x_adv``)."""
-        return self.run(model, images, labels).x_adv
+    def generator(self, device: torch.device) -> None:
+        """None: AutoAttack draws nothing itself; each component gets :attr:`seed` and draws
+        from its own generator, so every component's draws are those it makes alone."""
+        return None
+
+    def check_inputs(self, images: Tensor, labels: Tensor) -> None:
+        """Refuse labels that are not int64 ``(N,)`` and images outside ``[0, 1]``."""
+        check_labels(images, labels)
+        if labels.dtype != torch.long:
+            raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
+        if images.numel() and (images.min() < 0 or images.max() > 1):
+            raise ValueError("images must be in [0, 1] (normalization belongs inside the model)")
+
+    def perturb(self, model: nn.Module, x: Tensor, labels: Tensor,
+                gen: torch.Generator | None) -> Tensor:
+        """The worst-case adversarial examples (``run(...).x_adv``, batches of 500)."""
+        with eval_mode(model):
+            return self._run(model, x, labels.detach(), 500).x_adv
 
     def run(self, model: nn.Module, images: Tensor, labels: Tensor,
             batch_size: int = 500) -> AutoAttackResult:
         """Evaluate ``model`` on ``(images, labels)``; see :class:`AutoAttackResult`."""
-        check_labels(images, labels)
-        if labels.dtype != torch.long:
-            raise ValueError(f"labels must be int64 class indices, got {labels.dtype}")
+        self.check_inputs(images, labels)
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if images.shape[0] == 0:
             raise ValueError("images must hold at least one example")
-        x = images.detach()
-        if x.min() < 0 or x.max() > 1:
-            raise ValueError("images must be in [0, 1] (normalization belongs inside the model)")
         with eval_mode(model):
-            return self._run(model, x, labels.detach(), batch_size)
+            return self._run(model, images.detach(), labels.detach(), batch_size)
 
     def _predict(self, model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
         with torch.no_grad():
             return torch.cat([model(b).argmax(1) for b in x.split(batch_size)])
 
-    def _project(self, x_adv: Tensor, x: Tensor) -> tuple[Tensor, float]:
-        """``x_adv`` projected onto the threat model, and how far outside it was."""
+    def _project_measured(self, x_adv: Tensor, x: Tensor) -> tuple[Tensor, float]:
+        """``x_adv`` projected onto the threat model, and how far outside it was (L2: ``δ``
+        scaled by ``min(1, ε / (‖δ‖₂ + 10⁻¹²))``, not the base's :meth:`project`)."""
         delta = x_adv - x
         if self.norm == "Linf":
             excess = delta.abs().amax() - self.eps
@@ -216,7 +230,7 @@ class AutoAttack:
             norms = delta.flatten(1).norm(dim=1)
             excess = norms.amax() - self.eps
             scale = (self.eps / (norms + 1e-12)).clamp(max=1.0)
-            delta = delta * scale.view(-1, *[1] * (x.dim() - 1))
+            delta = delta * per_example(scale, x)
         outside = torch.stack([excess, -x_adv.amin(), x_adv.amax() - 1]).amax().item()
         return (x + delta).clamp(0, 1), outside
 
@@ -253,7 +267,7 @@ class AutoAttack:
             todo = result.robust.nonzero().squeeze(1)
             for idx in todo.split(batch_size) if todo.numel() else ():  # none left: skip
                 xb, yb = x[idx], y[idx]
-                adv, outside = self._project(attack(model, xb, yb).detach(), xb)
+                adv, outside = self._project_measured(attack(model, xb, yb).detach(), xb)
                 if outside > _BALL_TOL:
                     msg = (f"{name} returned points {outside:.2e} outside the threat model; "
                            "they were projected back before checking")

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["NORMS", "Attack", "check_counts", "check_eps", "check_labels", "check_positive",
-           "project_linf"]
+           "per_example", "project_linf"]
 
 NORMS = ("Linf", "L2")
 
@@ -66,7 +66,7 @@ def project_linf(x_adv: Tensor, x: Tensor, eps: float) -> Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
 
 
-def _per_example(t: Tensor, like: Tensor) -> Tensor:
+def per_example(t: Tensor, like: Tensor) -> Tensor:
     """``t`` of shape ``(N,)`` viewed as ``(N, 1, …, 1)`` to broadcast against ``like``."""
     return t.view(-1, *[1] * (like.dim() - 1))
 
@@ -138,7 +138,7 @@ class Attack:
             return project_linf(x_adv, x, self.eps)
         delta = x_adv - x
         norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
-        factor = _per_example((self.eps / norms).clamp(max=1.0), x)
+        factor = per_example((self.eps / norms).clamp(max=1.0), x)
         return (x + delta * factor).clamp(0, 1)
 
     def best_of_restarts(self, run: Callable[..., Tensor], model: nn.Module, x: Tensor,
@@ -152,5 +152,5 @@ class Attack:
             if bool(fooled.all()):
                 break
             cand = run(model, x, labels, gen)
-            best = torch.where(_per_example(fooled, x), best, cand)
+            best = torch.where(per_example(fooled, x), best, cand)
         return best

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sstorch.attacks.base import check_counts, check_eps
+from sstorch.attacks.base import Attack, check_counts, per_example, project_linf
 from sstorch.attacks.registry import register_attack
 
 __all__ = ["FABTargeted", "linf_hyperplane_projection"]
@@ -100,7 +100,7 @@ def _sorted_radius(room: Tensor, weight: Tensor, target: Tensor) -> Tensor:
 
 
 @register_attack("fab-t")
-class FABTargeted:
+class FABTargeted(Attack):
     """Targeted L∞ FAB (Croce & Hein 2020), the "FAB-T" of AutoAttack's standard version.
 
     Threat model: white box (gradients of the logits), ``‖x_adv − x‖_∞ ≤ ε``, ``x_adv ∈ [0, 1]``.
@@ -121,7 +121,8 @@ class FABTargeted:
     Successful examples return their minimal adversarial point projected into the ε-ball and
     the box (and re-checked to be misclassified); all others, and inputs the model already
     misclassifies, are returned unchanged. One forward–backward and one forward pass per
-    iteration. Deterministic: restarts draw from a local ``torch.Generator(seed)``.
+    iteration. Deterministic: restarts draw from the attack's ``torch.Generator(seed)``, always
+    on the CPU (:attr:`generator_device`), so a seed gives the same starts on every device.
 
     Parameters
     ----------
@@ -137,19 +138,20 @@ class FABTargeted:
         Runs per target class; the first starts at ``x`` (default 1).
     alpha_max, eta, beta : float
         Maximal bias toward ``x``, extrapolation, backward step (defaults 0.1, 1.05, 0.9).
-    seed : int
-        Seed of the attack's own generator.
+    seed : int or None
+        Seed of the attack's own generator; ``None`` draws from torch's global RNG.
 
     >>> adv = FABTargeted(eps=8 / 255)(model, images, labels)
     >>> robust_acc = (model(adv).argmax(1) == labels).float().mean()
     """
 
+    norms = ("Linf",)
+    generator_device = "cpu"
+
     def __init__(self, eps: float, norm: str = "Linf", n_iter: int = 100,
                  n_target_classes: int = 9, n_restarts: int = 1, alpha_max: float = 0.1,
-                 eta: float = 1.05, beta: float = 0.9, seed: int = 0) -> None:
-        if norm != "Linf":
-            raise ValueError(f"only norm='Linf' is implemented, got {norm!r}")
-        check_eps(eps, norm)
+                 eta: float = 1.05, beta: float = 0.9, seed: int | None = 0) -> None:
+        super().__init__(eps, norm=norm, seed=seed)
         check_counts(n_iter=n_iter, n_target_classes=n_target_classes, n_restarts=n_restarts)
         if not 0 <= alpha_max <= 1:
             raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
@@ -157,9 +159,8 @@ class FABTargeted:
             raise ValueError(f"eta must be ≥ 1, got {eta}")
         if not 0 < beta < 1:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
-        self.eps, self.norm, self.n_iter = eps, norm, n_iter
-        self.n_target_classes, self.n_restarts = n_target_classes, n_restarts
-        self.alpha_max, self.eta, self.beta, self.seed = alpha_max, eta, beta, seed
+        self.n_iter, self.n_target_classes, self.n_restarts = n_iter, n_target_classes, n_restarts
+        self.alpha_max, self.eta, self.beta = alpha_max, eta, beta
 
     def __repr__(self) -> str:
         return (f"FABTargeted(eps={self.eps}, norm={self.norm!r}, n_iter={self.n_iter}, "
@@ -200,13 +201,17 @@ class FABTargeted:
             xi[is_adv] = x[is_adv] + self.beta * (xi[is_adv] - x[is_adv])
         return best, best_norm
 
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        """Return ``x_adv`` (detached) for ``images`` in [0, 1] of shape ``(N, ...)``."""
-        x = images.detach()
+    def _start(self, xs: Tensor, gen: torch.Generator | None) -> Tensor:
+        """A restart's start ``clip_[0,1](x + (ε/2) r / ‖r‖_∞)``, ``r ~ U(−1, 1)`` (drawn on the
+        generator's device, then moved to ``x``'s)."""
+        r = torch.rand(xs.shape, generator=gen).to(xs) * 2 - 1
+        scale = r.flatten(1).abs().amax(1).clamp(min=1e-12)
+        return (xs + 0.5 * self.eps * r / per_example(scale, xs)).clamp(0, 1)
+
+    def perturb(self, model: nn.Module, x: Tensor, labels: Tensor,
+                gen: torch.Generator | None) -> Tensor:
+        """For each target in turn, FAB on the still-robust examples; successes projected."""
         adv = x.clone()
-        if self.eps == 0 or len(x) == 0:
-            return adv
-        gen = torch.Generator().manual_seed(self.seed)
         with torch.no_grad():
             logits = model(x)
         robust = logits.argmax(1) == labels
@@ -218,14 +223,9 @@ class FABTargeted:
                 if idx.numel() == 0:
                     return adv
                 xs, ys = x[idx], labels[idx]
-                start = xs
-                if restart > 0:
-                    r = torch.rand(xs.shape, generator=gen).to(xs) * 2 - 1
-                    scale = r.flatten(1).abs().amax(1).clamp(min=1e-12)
-                    start = (xs + 0.5 * self.eps * r / scale.view(-1, *[1] * (x.dim() - 1)))
-                    start = start.clamp(0, 1)
+                start = self._start(xs, gen) if restart > 0 else xs
                 best, best_norm = self._run(model, xs, ys, ranked[idx, k], start)
-                cand = torch.min(torch.max(best, xs - self.eps), xs + self.eps).clamp(0, 1)
+                cand = project_linf(best, xs, self.eps)
                 with torch.no_grad():
                     fooled = model(cand).argmax(1) != ys
                 ok = (best_norm <= self.eps) & fooled

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sstorch.attacks.base import check_counts, check_eps
+from sstorch.attacks.base import Attack, check_counts
 from sstorch.attacks.losses import margin
 from sstorch.attacks.registry import register_attack
 
@@ -29,7 +29,7 @@ def _margin(model: nn.Module, x: Tensor, labels: Tensor) -> Tensor:
 
 
 @register_attack("square")
-class Square:
+class Square(Attack):
     """L∞ Square Attack (Andriushchenko et al. 2020): random search on the margin, no gradients.
 
     Threat model: score-based black box — only the logits ``z = f(x)`` are read, never a
@@ -49,8 +49,10 @@ class Square:
     queried. Clean inputs the model already misclassifies are returned unchanged; the
     clean-accuracy check is not counted as a query (the reference convention), the stripe start
     is. After a call, ``queries_`` holds the per-example query count (``≤ n_queries``; 0 for
-    inputs already misclassified). Each example draws its own window and signs from a local
-    ``torch.Generator(seed)``, so results are deterministic and leave the global RNG untouched.
+    inputs already misclassified). Each example draws its own window and signs from the attack's
+    ``torch.Generator(seed)`` (on the images' device: no host-to-device copy, i.e. no GPU sync,
+    per query; on a GPU the stream therefore differs from the CPU's for the same seed), so
+    results are deterministic and leave the global RNG untouched.
 
     Parameters
     ----------
@@ -62,23 +64,22 @@ class Square:
         Query budget per example (default 5000, as in AutoAttack).
     p_init : float
         Initial fraction of pixels the square covers (default 0.8).
-    seed : int
-        Seed of the attack's own generator.
+    seed : int or None
+        Seed of the attack's own generator; ``None`` draws from torch's global RNG.
 
     >>> adv = Square(eps=8 / 255, n_queries=5000)(model, images, labels)
     >>> robust_acc = (model(adv).argmax(1) == labels).float().mean()
     """
 
+    norms = ("Linf",)
+
     def __init__(self, eps: float, norm: str = "Linf", n_queries: int = 5000,
-                 p_init: float = 0.8, seed: int = 0) -> None:
-        if norm != "Linf":
-            raise ValueError(f"only norm='Linf' is implemented, got {norm!r}")
-        check_eps(eps, norm)
+                 p_init: float = 0.8, seed: int | None = 0) -> None:
+        super().__init__(eps, norm=norm, seed=seed)
         check_counts(n_queries=n_queries)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        self.eps, self.norm, self.n_queries = eps, norm, n_queries
-        self.p_init, self.seed = p_init, seed
+        self.n_queries, self.p_init = n_queries, p_init
         self.queries_: Tensor | None = None
 
     def __repr__(self) -> str:
@@ -90,12 +91,13 @@ class Square:
         scaled = int(it / self.n_queries * 10000)
         return self.p_init / 2 ** sum(scaled > c for c in _P_CHECKPOINTS)
 
-    def _signs(self, gen: torch.Generator, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        s = torch.randint(0, 2, shape, generator=gen, device=gen.device).to(like.dtype)
+    def _signs(self, gen: torch.Generator | None, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """Uniform ``±1`` of ``shape``, on ``like``'s device and of its dtype."""
+        s = torch.randint(0, 2, shape, generator=gen, device=like.device).to(like.dtype)
         return 2 * s - 1
 
     def _attack(self, model: nn.Module, x: Tensor, labels: Tensor,
-                gen: torch.Generator) -> tuple[Tensor, Tensor]:
+                gen: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Random search in chunks of ``_CHUNK`` queries, with no host sync inside a chunk.
 
         At the start of a chunk the still-robust examples are gathered (one sync); inside it
@@ -122,8 +124,8 @@ class Square:
             for it in range(start, min(start + _CHUNK, self.n_queries - 1)):
                 active = m > 0
                 s = min(max(round(math.sqrt(self.p_schedule(it) * h * w)), 1), h, w)
-                top = torch.randint(0, h - s + 1, (na,), generator=gen, device=gen.device)
-                left = torch.randint(0, w - s + 1, (na,), generator=gen, device=gen.device)
+                top = torch.randint(0, h - s + 1, (na,), generator=gen, device=x.device)
+                left = torch.randint(0, w - s + 1, (na,), generator=gen, device=x.device)
                 in_rows = (rows >= top[:, None]) & (rows < top[:, None] + s)  # (na, H)
                 in_cols = (cols >= left[:, None]) & (cols < left[:, None] + s)  # (na, W)
                 window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # (na, 1, H, W)
@@ -134,7 +136,7 @@ class Square:
                 # redrawing one at a time, without looking at each draw.
                 same_plus = (plus == xb).flatten(2).all(2)  # (na, C)
                 same_minus = (minus == xb).flatten(2).all(2)
-                draws = torch.randint(0, 2, (17, na, c), generator=gen, device=gen.device) > 0
+                draws = torch.randint(0, 2, (17, na, c), generator=gen, device=x.device) > 0
                 same = torch.where(draws, same_plus, same_minus).all(2)  # (17, na)
                 first = (~same).to(torch.uint8).argmax(0)  # 0 when no draw changes anything
                 sign = draws.gather(0, first.view(1, na, 1).expand(1, na, c))[0]  # (na, C)
@@ -147,18 +149,20 @@ class Square:
             x_best[idx], margin[idx], queries[idx] = xb, m, q
         return x_best, queries
 
-    def __call__(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
-        """Return ``x_adv`` (detached) for ``images`` in [0, 1] of shape ``(N, C, H, W)``."""
+    def check_inputs(self, images: Tensor, labels: Tensor) -> None:
+        """Refuse images that are not ``(N, C, H, W)`` (the squares are spatial)."""
         if images.dim() != 4:
             raise ValueError(f"Square expects (N, C, H, W) images, got {tuple(images.shape)}")
-        x = images.detach()
-        adv = x.clone()
+
+    def reset(self, x: Tensor) -> None:
+        """``queries_ ← 0`` for every example of the new batch."""
         self.queries_ = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        if self.eps == 0 or len(x) == 0:
-            return adv
-        # on the images' device: no host-to-device copy (a GPU sync) per query; on a GPU the
-        # random stream therefore differs from the CPU's for the same seed
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+
+    def perturb(self, model: nn.Module, x: Tensor, labels: Tensor,
+                gen: torch.Generator | None) -> Tensor:
+        """Random search on the examples the model classifies correctly; counts their queries."""
+        adv = x.clone()
+        assert self.queries_ is not None  # set by reset()
         with torch.no_grad():
             todo = (_margin(model, x, labels) > 0).nonzero().squeeze(1)
             if todo.numel():
