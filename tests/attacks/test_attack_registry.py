@@ -9,6 +9,7 @@ import torch
 
 from digits_models import accuracy, held_out, undefended
 from sstorch.attacks.autoattack import AutoAttack
+from sstorch.attacks.base import Attack
 from sstorch.attacks.pgd import PGD
 from sstorch.attacks.registry import ATTACKS, make_attack
 
@@ -77,3 +78,29 @@ def test_pgd_l2_contract_and_determinism() -> None:
     assert accuracy(model, adv, y) < 0.5 * accuracy(model, x, y)
     assert torch.equal(adv, again)
     assert torch.equal(make_attack("pgd-l2", 0.0)(model, x, y), x)
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_every_registered_attack_is_an_attack(name: str) -> None:
+    """One base for all: ε = 0 and an empty batch return the input, global RNG untouched."""
+    model, (x, y) = undefended(), held_out(8)
+    attack = build(name)
+    assert isinstance(attack, Attack) and attack.seed == 0
+    state = torch.get_rng_state()
+    zero = make_attack(name, 0.0, **FAST.get(name, {}))(model, x, y)
+    assert torch.equal(zero, x) and zero.data_ptr() != x.data_ptr()
+    empty = attack(model, x[:0], y[:0])
+    assert empty.shape == x[:0].shape
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t", "fab-t", "square"])
+def test_seed_none_draws_from_the_global_rng(name: str) -> None:
+    """``seed=None``, the base's contract: the attack draws from torch's global RNG."""
+    model, (x, y) = undefended(), held_out(16)
+    kwargs = FAST[name] | ({"n_restarts": 2} if name == "fab-t" else {})
+    torch.manual_seed(0)
+    a = make_attack(name, EPS, seed=None, **kwargs)(model, x, y)
+    torch.manual_seed(0)
+    b = make_attack(name, EPS, seed=None, **kwargs)(model, x, y)
+    assert torch.equal(a, b)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from sstorch.attacks.base import Attack
 from sstorch.pruning.sparse import sparse_inference
-
-Attack = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
 def _make_attack(name: str, eps: float, seed: int = 0, **kwargs: Any) -> Attack:
