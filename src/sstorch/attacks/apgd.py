@@ -36,19 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sstorch.attacks.base import (
-    NORMS,
-    Attack,
-    check_counts,
-    check_labels,
-    per_example,
-    project_linf,
-)
+from sstorch.attacks.base import Attack, check_counts, check_labels, per_example, project_linf
 from sstorch.attacks.losses import dlr_loss, dlr_targeted_loss, margin
 from sstorch.attacks.registry import register_attack
 
-__all__ = ["APGD", "NORMS", "APGDTargeted", "checkpoints", "dlr_loss", "dlr_targeted_loss",
-           "margin"]
+__all__ = ["APGD", "APGDTargeted", "checkpoints", "dlr_loss", "dlr_targeted_loss", "margin"]
+
 
 def checkpoints(n_iter: int) -> list[int]:
     """The iterations ``w_1 < w_2 < …`` (all in ``[1, n_iter − 1]``) where step sizes may halve.

@@ -78,7 +78,10 @@ class Attack:
     or an empty batch, and otherwise calls :meth:`perturb` with the attack's generator: a fresh
     ``torch.Generator`` seeded with ``seed`` on each call (on the images' device, or on
     :attr:`generator_device`), or ``None`` for ``seed=None`` (torch's global RNG). A subclass
-    implements :meth:`perturb`, and may override :meth:`check_inputs` and :meth:`reset`.
+    implements :meth:`perturb`, and may override :meth:`check_inputs` and :meth:`reset` (Square's
+    image shape and query counts), :meth:`project` (APGD's reference round-off),
+    :attr:`generator_device` (FAB draws on the CPU) and :meth:`generator` (AutoAttack's
+    components seed their own).
 
     Parameters
     ----------
