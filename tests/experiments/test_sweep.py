@@ -589,3 +589,17 @@ def test_a_job_whose_starting_point_is_only_recorded_gets_a_clear_error(tmp_path
     with open(root / "out" / "r.csv", newline="") as f:  # the recorded row is in the table
         assert [(r["method"], r["autoattack_acc"]) for r in csv.DictReader(f)] == [
             ("dense", "0.3")]
+
+
+def test_figure_title_names_the_dataset_and_the_test_images():
+    """The Pareto figure's title says which data it shows (it once said Fashion-MNIST for all)."""
+    from sstorch.experiments.manifest import load_manifest
+    from sstorch.experiments.tables import figure_title
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    fmnist, cifar = load_manifest(root / "paper-fmnist"), load_manifest(root / "paper-cifar10")
+    assert figure_title(fmnist, [{"eval_n": None}]) == (
+        "Fashion-MNIST, L∞ attack radius of the runs, full test set")
+    assert figure_title(cifar, [{"eval_n": 1000}]).startswith("CIFAR-10, ")
+    assert figure_title(cifar, [{"eval_n": 1000}]).endswith("first 1,000 test images")
+    assert "stated prefix" in figure_title(cifar, [{"eval_n": None}, {"eval_n": 1000}])

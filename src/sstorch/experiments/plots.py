@@ -11,9 +11,11 @@ from sstorch.experiments.stats import fmean
 
 
 def draw_figures(summary_rows: Sequence[dict[str, Any]], figures: Path,
-                 log: Callable[[str], None] = print) -> list[Path]:
+                 log: Callable[[str], None] = print,
+                 title: str = "L∞ attack radius of the runs") -> list[Path]:
     """``pareto_autoattack.png`` (AutoAttack accuracy against nonzeros, with the Pareto front,
-    and every row ranked) and ``eps_sweep.png`` (PGD-20 accuracy against ε) in ``figures``."""
+    and every row ranked; ``title`` above both) and ``eps_sweep.png`` (PGD-20 accuracy against
+    ε) in ``figures``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,7 +64,7 @@ def draw_figures(summary_rows: Sequence[dict[str, Any]], figures: Path,
     bx.set_xlabel("AutoAttack accuracy (%), mean ± std over seeds")
     bx.set_title("Every row (nonzeros; seeds)")
     bx.grid(True, axis="x", alpha=0.3)
-    fig.suptitle("Fashion-MNIST, L∞ attack radius of the runs, full test set", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     paths.append(figures / "pareto_autoattack.png")
     fig.savefig(paths[-1], dpi=150)

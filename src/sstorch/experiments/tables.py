@@ -168,6 +168,26 @@ def write_report(m: Manifest, log: Callable[[str], None] = print) -> str | None:
         return _write_report(m, log)
 
 
+DATASET_TITLES = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST", "cifar10": "CIFAR-10",
+                  "cifar100": "CIFAR-100", "svhn": "SVHN", "imagenet": "ImageNet"}
+
+
+def figure_title(m: Manifest, details: Sequence[dict[str, Any]]) -> str:
+    """``"<dataset>, L∞ attack radius of the runs, <test images>"``: the dataset of the reference
+    row's config, and the test images the evaluations used (``eval_n`` of the details)."""
+    from sstorch.config import load_config
+
+    name = load_config(m.root / f"{m.reference}.yaml").data.name
+    sizes = {d.get("eval_n") for d in details}
+    if sizes <= {None, ""}:
+        images = "full test set"
+    elif len(sizes) == 1:
+        images = f"first {int(next(iter(sizes))):,} test images"
+    else:
+        images = "full test set or a stated prefix of it (see the table)"
+    return f"{DATASET_TITLES.get(name, name)}, L∞ attack radius of the runs, {images}"
+
+
 def _write_report(m: Manifest, log: Callable[[str], None]) -> str | None:
     """:func:`write_report` inside the lock."""
     rows, details = collect(m, log)
@@ -180,7 +200,7 @@ def _write_report(m: Manifest, log: Callable[[str], None]) -> str | None:
         return None
     summary_rows = summarize(rows, details)
     table = render_table(summary_rows)
-    draw_figures(summary_rows, m.figures, log)
+    draw_figures(summary_rows, m.figures, log, figure_title(m, details))
     if m.markdown is not None and m.markdown.is_file():
         text = _replace_section(m.markdown.read_text(), TABLE_BEGIN, TABLE_END, table)
         claims = render_claims(m.claims, summary_rows)
