@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sstorch.attacks import FGSM
-from sstorch.config import ModelConfig
+from sstorch.config import MLPConfig
 from sstorch.models import build_model
 
 N_TRAIN = 1400
@@ -45,7 +45,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
 def mlp(hidden: list[int]) -> nn.Module:
     """sstorch's dense MLP for digits, with the normalization inside (draws its init from the
     global RNG)."""
-    return build_model(ModelConfig(name="mlp", separable=False, hidden=hidden), 10, (1, 8, 8),
+    return build_model(MLPConfig(structure="dense", hidden=hidden), 10, (1, 8, 8),
                        (0.3053,), (0.3760,))
 
 

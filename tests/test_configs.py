@@ -149,7 +149,7 @@ def test_config_parses_and_trains(path: Path, tmp_path: Path) -> None:
     cfg = load_config(path)
     raw = yaml.safe_load(path.read_text())
     assert cfg.name == raw["name"] == path.stem
-    assert cfg.model.separable is raw["model"]["separable"]
+    assert cfg.model.structure == raw["model"]["structure"]
     assert cfg.model.separable is path.stem.endswith("-sep")
     assert cfg.model.name == raw["model"]["name"]
     assert cfg.attack.name == raw["attack"]["name"]
@@ -159,9 +159,11 @@ def test_config_parses_and_trains(path: Path, tmp_path: Path) -> None:
     small = load_config(path, shrink_overrides(cfg, data_root, tmp_path / "runs"))
     # The shrinking keeps what the config is about.
     assert small.model.name == cfg.model.name
-    assert small.model.separable == cfg.model.separable
-    assert small.model.variant == cfg.model.variant
-    assert small.model.separable_groups == cfg.model.separable_groups
+    assert type(small.model) is type(cfg.model)
+    assert small.model.structure == cfg.model.structure
+    assert getattr(small.model, "variant", None) == getattr(cfg.model, "variant", None)
+    assert (getattr(small.model, "separable_groups", None)
+            == getattr(cfg.model, "separable_groups", None))
     assert small.attack.name == cfg.attack.name and small.attack.eps == cfg.attack.eps
     assert small.constraints == cfg.constraints
 
@@ -170,7 +172,7 @@ def test_config_parses_and_trains(path: Path, tmp_path: Path) -> None:
 
     assert run_dir == tmp_path / "runs" / cfg.name
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["separable"] is cfg.model.separable
+    assert summary["structure"] == cfg.model.structure
     assert summary["model"] == cfg.model.name
     assert summary["dataset"] == cfg.data.name
     assert summary["eps"] == pytest.approx(cfg.attack.eps)
@@ -229,10 +231,37 @@ def test_paper_rows_share_one_recipe() -> None:
     for path in PAPER_CONFIGS:
         raw = yaml.safe_load(path.read_text())
         assert raw["name"] == path.stem
+        if path.stem.endswith("-tuned"):  # the searched recipe: checked in the next test
+            continue
         for key in ("epochs", "data", "attack", "optim", "eval", "out_dir"):
             if key == "optim" and path.stem.endswith("-lr"):  # checked in the next test
                 raw[key] = {**raw[key], "lr": ref[key]["lr"]}
             assert raw[key] == ref[key], f"{path.stem}: {key} differs from dense-mlp"
+
+
+def test_paper_tuned_row_is_the_search_selection() -> None:
+    """``sep-mlp-200x-tuned`` is the point the issue-22 search selected on validation
+    (``results/tuning/fmnist-200x-20ep.csv``), at its 20-epoch budget; data, ε, steps and the
+    evaluation are dense-mlp's."""
+    ref = yaml.safe_load((PAPER_DIR / "dense-mlp.yaml").read_text())
+    raw = yaml.safe_load((PAPER_DIR / "sep-mlp-200x-tuned.yaml").read_text())
+    with open(CONFIG_DIR.parent / "results" / "tuning" / "fmnist-200x-20ep.csv",
+              newline="") as f:
+        chosen = [r for r in csv.DictReader(f) if r["selected"] == "True"]
+    assert len(chosen) == 1 and int(chosen[0]["nnz"]) <= 6122
+    point = chosen[0]["point"]
+    m, a, o = raw["model"], raw["attack"], raw["optim"]
+    hidden = str(m["hidden"]).replace(" ", "")
+    assert point == (f"hidden={hidden},rank={m['rank']},"
+                     f"separate_head={str(m['separate_head']).lower()},target=0,"
+                     f"lr={o['lr']},name={a['name']}")
+    assert raw["epochs"] == 2 * ref["epochs"] and o["grad_clip"] == 1.0
+    assert {k: v for k, v in a.items() if k not in ("name", "trades_beta")} == \
+        {k: v for k, v in ref["attack"].items() if k != "name"}
+    assert {k: v for k, v in o.items() if k not in ("lr", "grad_clip")} == \
+        {k: v for k, v in ref["optim"].items() if k != "lr"}
+    for key in ("data", "eval", "out_dir"):
+        assert raw[key] == ref[key], key
 
 
 LR_ROWS = [p for p in PAPER_CONFIGS if p.stem.endswith("-lr")]
@@ -355,7 +384,7 @@ def test_gpu_pair_differs_only_in_the_head() -> None:
     assert m.eval["n"] >= 1000  # the issue's floor for a test-set prefix
     dense, sep = (_flat(load_config(GPU_DIR / f"{r.method}.yaml").to_dict()) for r in m.rows)
     differ = {k for k in dense if dense[k] != sep[k]}
-    assert differ == {"name", "model.separable", "model.separate_head",
+    assert differ == {"name", "model.structure", "model.separate_head",
                       "constraints.lambda_sparsity", "constraints.lambda_cond"}
     assert dense["model.width"] == 1.0 and dense["model.variant"] == "imagenet"
     assert dense["model.fc_hidden"] == 4096 and dense["amp_dtype"] == "bfloat16"
@@ -393,7 +422,7 @@ def test_gpu_config_trains_on_the_cpu(path: Path, tmp_path: Path) -> None:
     run_dir = train(load_config(path, shrink_overrides(cfg, data_root, tmp_path / "runs")),
                     log=lambda *a: None)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["separable"] is cfg.model.separable
+    assert summary["structure"] == cfg.model.structure
     assert 0.0 <= summary["test_pgd1_acc"] <= summary["test_clean_acc"] <= 1.0
 
 

@@ -24,14 +24,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_cfg(name: str, separable: bool, shape: tuple[int, ...], **kw) -> ModelConfig:
-    base: dict = {"name": name, "separable": separable}
+    base: dict = {"name": name, "structure": "separable" if separable else "dense"}
     if name == "mlp":
         base["hidden"] = HIDDEN[shape]
     elif name == "vgg16":
         base |= {"width": 0.0625, "fc_hidden": 32}
     elif name == "vit":
         base |= {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 4}
-    cfg = ModelConfig(**(base | kw))
+    cfg = ModelConfig.for_name(name)(**(base | kw))
     cfg.validate()
     return cfg
 

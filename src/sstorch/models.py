@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from sstorch.config import ConfigError, ModelConfig
+from sstorch.config import ConfigError, MLPConfig, ModelConfig, VGG16Config, ViTConfig
 from sstorch.layers.separable import SeparableLinear
 from sstorch.pruning.magnitude import apply_linear_masks_, sync_linear_masks_
 from sstorch.structure.init import factorize_mlp
@@ -63,16 +63,16 @@ class ImageClassifier(nn.Module):
         return self.net(self.normalize(x))
 
 
-def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
+def _mlp(cfg: MLPConfig, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
     """``Flatten → [Linear → ReLU]* → Linear``; the separable form keeps hidden tensors.
 
     ``cfg.hidden`` lists hidden shapes, e.g. ``[[32, 32], [32, 32]]``: the dense MLP uses their
     products as widths (784-1024-1024-10 on Fashion-MNIST), the separable one maps the image's
-    modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.baseline`` (dense only) swaps
-    every Linear, the head included, for a comparison layer (:mod:`sstorch.layers.lowrank`,
-    :mod:`sstorch.layers.tensorized`): low rank ``W = A B`` of rank ``baseline_rank``, or a
-    Tucker / TT weight on the same modes as the separable layers (the head's from
-    :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
+    modes (28, 28) → (32, 32) → (32, 32) by mode products. ``cfg.structure`` lowrank, tucker
+    or tt swaps every Linear, the head included, for a comparison layer
+    (:mod:`sstorch.layers.lowrank`, :mod:`sstorch.layers.tensorized`): low rank ``W = A B`` of
+    rank ``cfg.rank``, or a Tucker / TT weight on the same modes as the separable layers (the
+    head's from :func:`plan_shapes`, e.g. (32, 32) → (2, 5)).
     """
     hidden = [tuple(h) if isinstance(h, (list, tuple)) else (int(h),) for h in cfg.hidden]
     widths = [math.prod(h) for h in hidden]
@@ -85,16 +85,16 @@ def _mlp(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.M
         prev = w
     layers.append(nn.Linear(prev, num_classes))
     net = nn.Sequential(*layers)
-    if cfg.baseline == "lowrank":  # every Linear W = A B (sstorch.layers.lowrank)
+    if cfg.structure == "lowrank":  # every Linear W = A B (sstorch.layers.lowrank)
         sizes = {n: ((m.in_features,), (m.out_features,)) for n, m in net.named_modules()
                  if isinstance(m, nn.Linear)}
-        return factorize_mlp(net, sizes, "lowrank", cfg.baseline_rank)
-    if not cfg.separable and cfg.baseline == "none":
+        return factorize_mlp(net, sizes, "lowrank", cfg.rank)
+    if cfg.structure == "dense":
         return net
-    factorized_head = cfg.separate_head or cfg.baseline != "none"
+    factorized_head = cfg.separate_head or cfg.structure != "separable"
     shapes = _mode_shapes(net, hidden, image_shape, num_classes, head=factorized_head)
-    if cfg.baseline != "none":  # tucker / tt on the same modes as the separable layers
-        return factorize_mlp(net, shapes, cfg.baseline, cfg.baseline_rank)
+    if cfg.structure != "separable":  # tucker / tt on the same modes as the separable layers
+        return factorize_mlp(net, shapes, cfg.structure, cfg.rank)
     head = list(shapes)[-1] if factorized_head else None  # a separable head has rank 1
     return separate(net, list(shapes), shapes={n: (i, o, 1 if n == head else cfg.rank)
                                                for n, (i, o) in shapes.items()})
@@ -127,7 +127,7 @@ _VGG16_CHANNELS = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                    512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-def _vgg16(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
+def _vgg16(cfg: VGG16Config, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
     """VGG-16 with batch norm; ``width`` scales every conv. Head by ``variant``:
 
     * ``cifar``: the 512·w×1×1 map (32×32 input) → fc_hidden → fc_hidden → classes;
@@ -197,7 +197,7 @@ class SeparablePatchEmbed(nn.Module):
         return y.permute(0, 3, 1, 2)
 
 
-def _vit(cfg: ModelConfig, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
+def _vit(cfg: ViTConfig, num_classes: int, image_shape: Sequence[int]) -> nn.Module:
     """timm's VisionTransformer; ``separable_groups`` picks which Linear groups are separable."""
     from timm.models.vision_transformer import VisionTransformer
 

@@ -30,7 +30,7 @@ from sstorch.training.loop import train
 
 SANITY_NAMES = ["monotone_eps", "large_eps", "iterative_vs_fgsm", "more_steps",
                 "blackbox_vs_whitebox", "deterministic_forward"]
-TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "separable", "n", "eps", "norm",
+TOP_KEYS = {"run_dir", "checkpoint", "dataset", "model", "structure", "n", "eps", "norm",
             "params", "nnz", "compression", "kappa", "clean_acc", "attacks", "robust_acc",
             "eps_sweep", "sanity", "certified", "seed", "date", "machine", "code"}
 FAST = ["--sanity-n", "100", "--square-n", "50", "--square-queries", "300"]
@@ -229,8 +229,8 @@ def _eval(target: Path, *args: str) -> dict:
 def test_end_to_end_eval_json(run_dir, tmp_path):
     r = _eval(run_dir)
     assert TOP_KEYS <= set(r)
-    assert (r["dataset"], r["model"], r["separable"], r["n"], r["norm"]) == \
-        ("digits", "mlp", True, 100, "Linf")
+    assert (r["dataset"], r["model"], r["structure"], r["n"], r["norm"]) == \
+        ("digits", "mlp", "separable", 100, "Linf")
     assert r["eps"] == 0.1 and r["checkpoint"].endswith("best.safetensors")
     assert list(r["attacks"]) == ["clean", "fgsm", "pgd"]
     assert all(set(a) >= {"acc", "seconds"} for a in r["attacks"].values())
@@ -521,11 +521,10 @@ def test_channels_last_inference_is_the_same_function_and_restores_the_layout(tm
     the standard layout again (safetensors stores only contiguous tensors)."""
     from safetensors.torch import save_file
 
-    from sstorch.config import ModelConfig
+    from sstorch.config import VGG16Config
 
     torch.manual_seed(0)
-    cfg = ModelConfig(name="vgg16", separable=True, width=0.0625, fc_hidden=32,
-                      separate_head=True)
+    cfg = VGG16Config(structure="separable", width=0.0625, fc_hidden=32, separate_head=True)
     model = sstorch.models.build_model(cfg, 10, (1, 28, 28), [0.5], [0.25]).eval()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert convs

@@ -39,8 +39,8 @@ RECIPE = {
 def _write_sweep(root: Path, rows: list[dict], **manifest: object) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     models = {
-        "dense": {"name": "mlp", "separable": False, "hidden": [[4, 4]]},
-        "sep": {"name": "mlp", "separable": True, "hidden": [[4, 4]]},
+        "dense": {"name": "mlp", "structure": "dense", "hidden": [[4, 4]]},
+        "sep": {"name": "mlp", "structure": "separable", "hidden": [[4, 4]]},
     }
     constraints = {"lambda_sparsity": 0.0, "lambda_cond": 0.0}
     for method, model in models.items():
@@ -499,7 +499,7 @@ def test_records_rebuild_the_table_without_run_directories(tmp_path, capsys):
     assert [p.relative_to(root / "records").as_posix() for p in recs] == [
         "dense/seed0.json", "dense/seed1.json", "sep/seed0.json"]
     rec = json.loads(recs[0].read_text())
-    assert rec["config"]["model"]["separable"] is False and rec["details"]["eps_sweep"]
+    assert rec["config"]["model"]["structure"] == "dense" and rec["details"]["eps_sweep"]
     before = {n: (root / "out" / n).read_text() for n in ("r.csv", "d.csv", "t.csv")}
 
     shutil.rmtree(root / "runs")  # a fresh checkout: only the committed records are left

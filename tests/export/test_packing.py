@@ -98,7 +98,7 @@ def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
     from sstorch.pruning.magnitude import prune_linear_
 
     torch.manual_seed(0)
-    model = _mlp("model.separable=false", "constraints.lambda_sparsity=0",
+    model = _mlp("model.structure=dense", "constraints.lambda_sparsity=0",
                  "constraints.lambda_cond=0")
     prune_linear_(model, keep=2000)
     report = pack_sparse(model, tmp_path / "p.safetensors")
@@ -110,7 +110,7 @@ def test_pruned_dense_layers_pack_as_bitmasks_without_their_masks(tmp_path):
         assert not any(k.endswith("weight_mask") for k in f.keys())
 
     torch.manual_seed(1)
-    fresh = _mlp("model.separable=false", "constraints.lambda_sparsity=0",
+    fresh = _mlp("model.structure=dense", "constraints.lambda_sparsity=0",
                  "constraints.lambda_cond=0")
     unpack_sparse(tmp_path / "p.safetensors", fresh)
     own, back = model.state_dict(), fresh.state_dict()

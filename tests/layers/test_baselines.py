@@ -51,8 +51,8 @@ def _fmnist_model(*overrides: str) -> nn.Module:
 
 
 def _baseline(name: str, rank: float) -> nn.Module:
-    return _fmnist_model("model.separable=false", f"model.baseline={name}",
-                         f"model.baseline_rank={rank}", "constraints.lambda_sparsity=0",
+    return _fmnist_model(f"model.structure={name}", f"model.rank={rank}",
+                         "constraints.lambda_sparsity=0",
                          "constraints.lambda_cond=0")
 
 
@@ -188,8 +188,8 @@ def test_two_mode_tt_is_a_sum_of_kronecker_products():
 @pytest.mark.parametrize(("name", "rank"), [("tucker", 2), ("tt", 2), ("lowrank", 2)])
 def test_baseline_mlp_trains_a_step(name, rank):
     _skip_without_tltorch(name)
-    cfg = load_config(None, ["model.separable=false", f"model.baseline={name}",
-                             f"model.baseline_rank={rank}", "model.hidden=[[4,4]]",
+    cfg = load_config(None, [f"model.structure={name}", f"model.rank={rank}",
+                             "model.hidden=[[4,4]]",
                              "constraints.lambda_sparsity=0", "constraints.lambda_cond=0"])
     info = DATASET_INFO["digits"]
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
@@ -223,7 +223,7 @@ def _weight_nnz(model: nn.Module) -> int:
 
 def _digits(out_dir: Path, name: str, **kw: object) -> list[str]:
     base = {
-        "data.name": "digits", "model.separable": "false", "model.hidden": "[[8,8]]",
+        "data.name": "digits", "model.structure": "dense", "model.hidden": "[[8,8]]",
         "device": "cpu", "out_dir": str(out_dir), "name": name, "epochs": 1,
         "data.train_subset": 128, "data.val_size": 64, "data.test_subset": 64,
         "data.batch_size": 64, "attack.eps": 0.1, "attack.step_size": 0.05, "attack.steps": 2,
@@ -308,7 +308,7 @@ def test_init_from_loads_the_weights_and_refuses_what_does_not_fit(tmp_path, den
 @pytest.mark.parametrize(("name", "rank"), [("lowrank", 2), ("tucker", 2), ("tt", 2)])
 def test_baselines_start_from_a_dense_run_by_decomposition(tmp_path, dense_run, name, rank):
     _skip_without_tltorch(name)
-    sets = _digits(tmp_path, name, model__baseline=name, model__baseline_rank=rank)
+    sets = _digits(tmp_path, name, model__structure=name, model__rank=rank)
     cfg = load_config(None, sets)
     info = DATASET_INFO["digits"]
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
@@ -322,7 +322,7 @@ def test_baselines_start_from_a_dense_run_by_decomposition(tmp_path, dense_run, 
         torch.testing.assert_close(model.net[1].to_dense().double(),
                                    (u[:, :2] * s[:2]) @ vh[:2], atol=1e-5, rtol=1e-4)
     run = train(cfg, log=lambda msg: None)  # and a short run from scratch trains
-    assert json.loads((run / "summary.json").read_text())["baseline"] == name
+    assert json.loads((run / "summary.json").read_text())["structure"] == name
 
 
 def test_init_from_dense_names_what_does_not_fit():
@@ -344,22 +344,18 @@ def test_init_from_dense_names_what_does_not_fit():
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
-    (["model.baseline=svd"], "model.baseline='svd' is not one of"),
-    (["model.baseline=tucker"], "set model.separable=false"),
-    (["model.separable=false", "model.baseline=tt", "model.name=vgg16"], "mlp only"),
-    (["model.separable=false", "model.baseline=lowrank", "model.baseline_rank=0.5"],
-     "int ≥ 1 for lowrank"),
-    (["model.separable=false", "model.baseline=tucker", "model.baseline_rank=2.5"],
-     "int ≥ 1 or a fraction"),
-    (["model.separable=false", "model.baseline=tucker", "model.baseline_rank=0"],
-     "int ≥ 1 or a fraction"),
-    (["model.separable=false", "model.baseline=tt"], "constraints act on separable factors"),
-    (["prune.keep=100"], "set model.separable=false"),
-    (["prune.method=hydra", "model.separable=false"], "hydra needs prune.keep"),
-    (["prune.method=hydra", "prune.keep=10"], "set model.separable=false"),
-    (["prune.method=snip", "model.separable=false"], "prune.method='snip' is not one of"),
-    (["prune.keep=0", "model.separable=false"], "prune.keep must be ≥ 1"),
-    (["model.separable=false", "model.baseline=tt", "constraints.lambda_sparsity=0",
+    (["model.structure=svd"], "model.structure='svd' is not one of"),
+    (["model.structure=tt", "model.name=vgg16"], "mlp only"),
+    (["model.structure=lowrank", "model.rank=0.5"], "model.rank must be an int ≥ 1, got 0.5"),
+    (["model.structure=tucker", "model.rank=2.5"], "int ≥ 1 or a fraction"),
+    (["model.structure=tucker", "model.rank=0"], "int ≥ 1 or a fraction"),
+    (["model.structure=tt"], "constraints act on separable factors"),
+    (["prune.keep=100"], "set model.structure=dense"),
+    (["prune.method=hydra", "model.structure=dense"], "hydra needs prune.keep"),
+    (["prune.method=hydra", "prune.keep=10"], "set model.structure=dense"),
+    (["prune.method=snip", "model.structure=dense"], "prune.method='snip' is not one of"),
+    (["prune.keep=0", "model.structure=dense"], "prune.keep must be ≥ 1"),
+    (["model.structure=tt", "constraints.lambda_sparsity=0",
       "constraints.lambda_cond=0", "prune.target=0.5"], "pruning is for dense or separable"),
     (["init_from=' '"], "init_from must be"),
 ])
@@ -402,7 +398,7 @@ def test_a_separable_model_starts_from_a_dense_run_by_nearest_kronecker(tmp_path
     dense weight (Van Loan–Pitsianis + SVD), biases and everything else copied."""
     from sstorch.functional.nearest import nearest_kronecker
 
-    sets = _digits(tmp_path, f"sep{rank}", model__separable="true", model__rank=rank)
+    sets = _digits(tmp_path, f"sep{rank}", model__structure="separable", model__rank=rank)
     cfg = load_config(None, sets)
     info = DATASET_INFO["digits"]
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)
@@ -417,11 +413,11 @@ def test_a_separable_model_starts_from_a_dense_run_by_nearest_kronecker(tmp_path
     torch.testing.assert_close(model.net[1].bias, dense.net[1].bias)
     torch.testing.assert_close(model.net[3].weight, dense.net[3].weight)  # the dense head
     run = train(load_config(None, [*sets, f"init_from={dense_run}"]), log=lambda msg: None)
-    assert json.loads((run / "summary.json").read_text())["separable"] is True
+    assert json.loads((run / "summary.json").read_text())["structure"] == "separable"
 
 
 def test_separable_from_dense_refuses_a_different_architecture(tmp_path, dense_run):
-    sets = _digits(tmp_path, "sep", model__separable="true", model__hidden="[[4,4]]")
+    sets = _digits(tmp_path, "sep", model__structure="separable", model__hidden="[[4,4]]")
     cfg = load_config(None, sets)
     info = DATASET_INFO["digits"]
     model = build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std)

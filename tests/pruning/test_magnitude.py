@@ -160,11 +160,11 @@ def test_masked_weights_stay_zero_through_momentum_and_weight_decay(opt_name):
 def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
     """The fresh ImageClassifier has no mask buffers: loading creates them, so an optimizer
     armed with keep_pruned_zero keeps the zeros when training goes on after loading."""
-    model = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    model = _fmnist_model("model.structure=dense", "model.hidden=[16, 16]")
     prune_linear_(model, keep=500)
     nnz = _nnz(model)
     save_checkpoint(tmp_path / "p.safetensors", model)
-    fresh = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    fresh = _fmnist_model("model.structure=dense", "model.hidden=[16, 16]")
     assert not hasattr(fresh.net[1], "weight_mask")
     load_checkpoint(tmp_path / "p.safetensors", fresh, restore_rng=False)
     assert _nnz(fresh) == nnz and _weight_nnz(fresh) == 500
@@ -177,7 +177,7 @@ def test_pruned_checkpoint_loads_into_a_fresh_model_with_its_masks(tmp_path):
         opt.step()
     assert _weight_nnz(fresh) <= 500
     # and an unpruned state drops the masks again (the state decides)
-    fresh.load_state_dict(_fmnist_model("model.separable=false",
+    fresh.load_state_dict(_fmnist_model("model.structure=dense",
                                         "model.hidden=[16, 16]").state_dict())
     assert not hasattr(fresh.net[1], "weight_mask")
 
@@ -238,12 +238,12 @@ def test_hydra_starts_at_the_magnitude_mask_and_learns_scores_straight_through()
 
 
 def test_hydra_state_loads_into_a_fresh_model_mid_score_phase(tmp_path):
-    model = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    model = _fmnist_model("model.structure=dense", "model.hidden=[16, 16]")
     hydra = Hydra(model, keep=300)
     hydra.attach()
     x = torch.rand(4, 1, 28, 28)
     save_checkpoint(tmp_path / "h.safetensors", model)
-    fresh = _fmnist_model("model.separable=false", "model.hidden=[16, 16]")
+    fresh = _fmnist_model("model.structure=dense", "model.hidden=[16, 16]")
     load_checkpoint(tmp_path / "h.safetensors", fresh, restore_rng=False)
     torch.testing.assert_close(fresh(x), model(x))  # scored forward, dense weights kept
     assert _weight_nnz(fresh) > 300 and _nnz(fresh) == 300 + 16 + 16 + 10

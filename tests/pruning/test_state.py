@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread", "seeded")
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "sstorch"
 INFO = DATASET_INFO["digits"]  # images (1, 8, 8), 10 classes
-DENSE = ("model.separable=false", "model.hidden=[16, 16]", "constraints.lambda_sparsity=0",
+DENSE = ("model.structure=dense", "model.hidden=[16, 16]", "constraints.lambda_sparsity=0",
          "constraints.lambda_cond=0")
 SEPARABLE = ("model.hidden=[[4,4],[4,4]]", "model.rank=2")
 NORMALIZE = ["normalize.mean", "normalize.std"]

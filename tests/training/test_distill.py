@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sstorch.attacks import kl_adversary
-from sstorch.config import ConfigError, DistillConfig, ModelConfig, load_config
+from sstorch.config import ConfigError, DistillConfig, MLPConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
 from sstorch.eval.run import load_run
 from sstorch.io.checkpoint import save_checkpoint
@@ -32,8 +32,8 @@ def _batch(n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
 def _model(seed: int, separable: bool = True) -> torch.nn.Module:
     torch.manual_seed(seed)
     info = DATASET_INFO["digits"]
-    return build_model(ModelConfig(hidden=[[4, 4]], separable=separable), info.num_classes,
-                       info.image_shape, info.mean, info.std)
+    cfg = MLPConfig(hidden=[[4, 4]], structure="separable" if separable else "dense")
+    return build_model(cfg, info.num_classes, info.image_shape, info.mean, info.std)
 
 
 def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tau: float = 1.0):
@@ -107,7 +107,7 @@ def test_a_distilled_student_learns_its_teachers_function(tmp_path: Path) -> Non
     """A teacher that answers 3 to everything: the distilled student answers 3 (it never sees
     a label with α = 1), the same student trained on labels does not."""
     teacher_dir = train(load_config(None, _overrides(
-        tmp_path, "teacher", model__separable="false", epochs=1,
+        tmp_path, "teacher", model__structure="dense", epochs=1,
         constraints__lambda_sparsity=0, constraints__lambda_cond=0)), log=lambda *a: None)
     _, teacher, _, _ = load_run(teacher_dir)
     head = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]

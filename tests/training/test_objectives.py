@@ -1,6 +1,6 @@
 """The training objectives registry (:mod:`sstorch.training.objectives`)."""
 
-import sstorch.config as config_mod
+import sstorch.config.sections as config_mod
 from sstorch.config import AttackConfig, DistillConfig
 from sstorch.training.objectives import OBJECTIVES
 

@@ -307,7 +307,7 @@ def test_ctrl_c_is_one_line_with_the_resume_command(tmp_path, monkeypatch, capsy
 
 
 def test_dense_model_with_constraint_weights_names_the_keys(tmp_path, capsys):
-    assert main(["train", "--set", *_sets(tmp_path, "dense", model__separable="false")]) == 1
+    assert main(["train", "--set", *_sets(tmp_path, "dense", model__structure="dense")]) == 1
     line = _error_line(capsys)
     assert "constraints.lambda_sparsity=0" in line and "constraints.lambda_cond=0" in line
     assert "sstorch.separate" not in line

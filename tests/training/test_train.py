@@ -27,7 +27,7 @@ import sstorch.training.validate as validate_mod
 from sstorch import attacks
 from sstorch.attacks import FGSM, PGD, trades_adversary
 from sstorch.cli import main
-from sstorch.config import ConfigError, ModelConfig, load_config
+from sstorch.config import ConfigError, MLPConfig, load_config
 from sstorch.data import DATASET_INFO, get_dataset
 from sstorch.io.checkpoint import CheckpointError, load_checkpoint, load_weights, read_metadata
 from sstorch.models import build_model
@@ -78,7 +78,7 @@ def _digits_batch(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 def _model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     info = DATASET_INFO["digits"]
-    return build_model(ModelConfig(hidden=[[4, 4]]), info.num_classes, info.image_shape,
+    return build_model(MLPConfig(hidden=[[4, 4]]), info.num_classes, info.image_shape,
                        info.mean, info.std)
 
 
@@ -478,7 +478,7 @@ def _cli_error(capsys, argv: list[str], code: int = 1) -> str:
 
 @pytest.mark.parametrize(("override", "expected"), [
     ("data.name=imagenett", ["unknown dataset 'imagenett'", "digits", "cifar10", "mnist"]),
-    ("model.name=resnet", ["unknown model 'resnet'", "mlp", "vgg16", "vit"]),
+    ("model.name=resnet", ["model.name='resnet' is not one of", "mlp", "vgg16", "vit"]),
     ("attack.name=cw", ["attack.name='cw'", "pgd", "trades", "fgsm", "none"]),
     ("optim.lrr=0.1", ["'optim.lrr'", "did you mean 'optim.lr'"]),
     ("attack.eps=-1", ["attack.eps", "-1"]),

@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sstorch.config import Config, ConfigError, load_config
+from sstorch.config import Config, config_from_dict, load_config
 from sstorch.eval.certify import certify, lipschitz_bound
 from sstorch.eval.common import Attack, _check_eps, _make_attack, _subloader
 from sstorch.eval.journal import _append_journal, _journal_lines
@@ -70,21 +70,6 @@ DEFAULT_ATTACKS = ("clean", "fgsm", "pgd", "cw", "autoattack")
 
 
 # --------------------------------------------------------------------------- runs
-
-
-def _config_from_dict(tree: dict[str, Any], source: str) -> Config:
-    """A :class:`Config` from a checkpoint's ``config`` dict (``Config.to_dict()``)."""
-    try:
-        kwargs = {}
-        for f in fields(Config):
-            if f.name not in tree:
-                continue
-            sub = tree[f.name]
-            default = getattr(Config(), f.name)
-            kwargs[f.name] = type(default)(**sub) if isinstance(sub, dict) else sub
-        return Config(**kwargs).validate()
-    except (TypeError, ConfigError) as exc:
-        raise ValueError(f"the config stored in {source} is not valid: {exc}") from exc
 
 
 def load_run(target: str | os.PathLike, device: torch.device | str = "cpu"
@@ -122,7 +107,8 @@ def load_run(target: str | os.PathLike, device: torch.device | str = "cpu"
         run_dir, ckpt = path.parent, path
         tree = read_metadata(ckpt).get("config")
         if isinstance(tree, dict):
-            cfg, source = _config_from_dict(tree, str(ckpt)), f"the metadata of {ckpt}"
+            source = f"the metadata of {ckpt}"
+            cfg = config_from_dict(tree, source)
         elif (path.parent / "config.yaml").is_file():
             cfg, source = load_config(path.parent / "config.yaml"), str(path.parent / "config.yaml")
         else:
@@ -337,7 +323,7 @@ def _evaluate_into(out_dir: Path, cfg: Config, model: nn.Module, ckpt: Path, run
     kappas = [st.kappa for st in layer_stats(model)]
     result = {
         "run_dir": str(run_dir), "checkpoint": str(ckpt), "dataset": cfg.data.name,
-        "model": cfg.model.name, "separable": cfg.model.separable, "n": res["n"], "eps": eps,
+        "model": cfg.model.name, "structure": cfg.model.structure, "n": res["n"], "eps": eps,
         "norm": "Linf", "params": s.total_params, "nnz": s.total_nnz,
         "compression": s.compression, "kappa": math.prod(kappas) if kappas else None,
         "clean_acc": res["clean_acc"], "attacks": table, "robust_acc": res["robust_acc"],
@@ -372,7 +358,7 @@ def render_eval_markdown(r: dict[str, Any]) -> str:
     order = ("cumulative: accuracy after attacks 1..k, each run only on the survivors"
              if r.get("fast_path") else "stand-alone accuracy of each attack")
     lines = [
-        f"# Robustness evaluation: {r['model']} ({'separable' if r['separable'] else 'dense'})"
+        f"# Robustness evaluation: {r['model']} ({r['structure']})"
         f" on {r['dataset']}", "",
         f"checkpoint `{r['checkpoint']}`; {r['n']} test images; threat model L∞, ε = {r['eps']:g}"
         " (pixel scale, images in [0, 1]); seed " f"{r['seed']}; {r['date']}; {r['machine']}", "",

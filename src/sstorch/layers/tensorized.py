@@ -52,7 +52,7 @@ def import_tltorch() -> Any:
             import tltorch
     except ImportError as exc:
         raise ModuleNotFoundError(
-            "model.baseline tucker/tt needs tensorly-torch, which is not installed; install the "
+            "model.structure tucker/tt needs tensorly-torch, which is not installed; install the "
             "bench extra: pip install -e '.[bench]'") from exc
     return tltorch
 

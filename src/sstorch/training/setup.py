@@ -75,10 +75,9 @@ def subset(ds: Dataset, n: int | None) -> Dataset:
 def check_constraints(cfg: Config) -> None:
     """ConfigError when factor constraints are asked of a model without factors."""
     c, m = cfg.constraints, cfg.model
-    if not m.separable and m.baseline == "none" and (c.lambda_sparsity > 0
-                                                      or c.lambda_cond > 0):
+    if m.structure == "dense" and (c.lambda_sparsity > 0 or c.lambda_cond > 0):
         raise ConfigError(
-            f"model.separable=false has no separable factors for the constraints to act on: "
+            f"model.structure=dense has no separable factors for the constraints to act on: "
             f"set constraints.lambda_sparsity=0 and constraints.lambda_cond=0 (got "
             f"{c.lambda_sparsity:g} and {c.lambda_cond:g})")
 
@@ -154,8 +153,8 @@ def describe(t: Trainer) -> str:
     """The log line of the model: kind, size, compression, device and run directory."""
     s = summary(t.core)
     m = t.cfg.model
-    kind = ("separable" if m.separable else "dense" if m.baseline == "none"
-            else f"{m.baseline}, rank {m.baseline_rank:g}")
+    kind = (m.structure if m.structure in ("dense", "separable")
+            else f"{m.structure}, rank {m.rank:g}")
     return (f"model {m.name} ({kind}): {s.total_params:,} params, {s.total_nnz:,} nonzero, "
             f"compression {s.compression:.1f}x; device {t.device}"
             f"{f' x{t.d.world}' if t.d.world > 1 else ''}; run dir {t.run_dir}{t.init_note}")

@@ -21,8 +21,7 @@ def summary_record(t: Trainer, test: dict[str, float], eval_seconds: float) -> d
     """The content of ``summary.json``: the robust accuracy under :func:`pgd_key`."""
     cfg, s = t.cfg, summary(t.core)
     return {
-        "run_dir": str(t.run_dir), "model": cfg.model.name, "separable": cfg.model.separable,
-        "baseline": cfg.model.baseline,
+        "run_dir": str(t.run_dir), "model": cfg.model.name, "structure": cfg.model.structure,
         "dataset": cfg.data.name, "params": s.total_params, "nnz": s.total_nnz,
         "compression": s.compression, "fc_compression": s.fc_compression,
         "test_clean_acc": test["clean_acc"],

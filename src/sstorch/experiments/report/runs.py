@@ -53,6 +53,21 @@ def _num(text: str | None) -> float:
         return math.nan
 
 
+def structure_of(record: Any) -> str | None:
+    """The layer structure a summary / eval record or a config's model section names, in the
+    current key (``structure``) or the legacy ones (``separable`` + ``baseline``)."""
+    if not isinstance(record, dict):
+        return None
+    if record.get("structure") is not None:
+        return str(record["structure"])
+    if record.get("separable") is None:
+        return None
+    baseline = record.get("baseline")
+    if baseline not in (None, "none"):
+        return str(baseline)
+    return "separable" if record["separable"] else "dense"
+
+
 def _read_metrics(path: Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
@@ -89,11 +104,10 @@ class Run:
     @property
     def model(self) -> str:
         name = self._get("model") or self.config.get("model", {}).get("name")
-        sep = self._get("separable")
-        if sep is None:
-            sep = self.config.get("model", {}).get("separable")
-        kind = "" if sep is None else (" (separable)" if sep else " (dense)")
-        return f"{name or DASH}{kind}"
+        structure = next((s for s in (structure_of(self.eval), structure_of(self.summary),
+                                      structure_of(self.config.get("model")))
+                          if s is not None), None)
+        return f"{name or DASH}{'' if structure is None else f' ({structure})'}"
 
     @property
     def dataset(self) -> str | None:

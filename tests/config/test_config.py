@@ -14,9 +14,11 @@ from sstorch.config import (
     ConstraintConfig,
     DataConfig,
     EvalConfig,
-    ModelConfig,
+    MLPConfig,
     OptimConfig,
     PruneConfig,
+    VGG16Config,
+    ViTConfig,
     load_config,
 )
 
@@ -25,6 +27,18 @@ def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+# Keys that only one architecture has: an override of one picks that architecture first.
+ARCH_KEYS = {"width": "vgg16", "variant": "vgg16", "fc_hidden": "vgg16", "compression": "vgg16",
+             "separable_groups": "vit", "patch_size": "vit", "embed_dim": "vit"}
+
+
+def with_arch(item: str) -> list[str]:
+    """``[item]``, preceded by ``model.name=<arch>`` when ``item`` sets an architecture's key."""
+    key = item.split("=", 1)[0]
+    arch = ARCH_KEYS.get(key.removeprefix("model.")) if key.startswith("model.") else None
+    return [f"model.name={arch}", item] if arch else [item]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,8 +51,8 @@ def test_defaults_validate() -> None:
     assert cfg.validate() is cfg
     assert cfg.model.hidden == [[32, 32], [32, 32]]
     assert cfg.attack.name == "pgd" and cfg.optim.name == "sgd"
-    for section in (DataConfig(), ModelConfig(), AttackConfig(), OptimConfig(),
-                    ConstraintConfig(), PruneConfig(), EvalConfig()):
+    for section in (DataConfig(), MLPConfig(), VGG16Config(), ViTConfig(), AttackConfig(),
+                    OptimConfig(), ConstraintConfig(), PruneConfig(), EvalConfig()):
         section.validate()  # raises on an invalid default
 
 
@@ -59,8 +73,8 @@ data:
   val_size: 0.1
 model:
   name: vgg16
-  separable: false
-  hidden: [[4, 16, 16]]
+  structure: dense
+  width: 0.25
 attack:
   eps: 0.03
   steps: 7
@@ -71,8 +85,8 @@ optim:
     cfg = load_config(path)
     assert cfg.name == "my-run" and cfg.epochs == 3
     assert cfg.data.name == "cifar10" and cfg.data.val_size == 0.1
-    assert cfg.model.name == "vgg16" and cfg.model.separable is False
-    assert cfg.model.hidden == [[4, 16, 16]]
+    assert isinstance(cfg.model, VGG16Config) and cfg.model.structure == "dense"
+    assert cfg.model.width == 0.25 and not cfg.model.separable
     assert cfg.attack.eps == 0.03 and cfg.attack.steps == 7
     assert cfg.optim.lr == 1e-3 and cfg.optim.milestones == [10, 20]
     # Untouched keys keep their defaults.
@@ -102,7 +116,8 @@ def test_yaml_ints_become_floats_and_exponents_parse(tmp_path: Path) -> None:
     ("optim.lr=0.25", lambda c: c.optim.lr, 0.25),
     ("attack.eps=0", lambda c: c.attack.eps, 0.0),
     ("attack.name=trades", lambda c: c.attack.name, "trades"),
-    ("model.separable=false", lambda c: c.model.separable, False),
+    ("model.structure=dense", lambda c: c.model.structure, "dense"),
+    ("model.rank=3", lambda c: c.model.rank, 3),
     ("data.augment=no", lambda c: c.data.augment, False),  # YAML 1.1 bool
     ("data.download=true", lambda c: c.data.download, True),
     ("model.hidden=[[16, 16], [8, 8]]", lambda c: c.model.hidden, [[16, 16], [8, 8]]),
@@ -116,7 +131,7 @@ def test_yaml_ints_become_floats_and_exponents_parse(tmp_path: Path) -> None:
     ("model.compression=8", lambda c: c.model.compression, 8.0),
 ])
 def test_dotted_override_values_parse_as_yaml(item: str, getter, expected) -> None:
-    value = getter(load_config(None, [item]))
+    value = getter(load_config(None, with_arch(item)))
     assert value == expected
     assert type(value) is type(expected)
 
@@ -149,7 +164,7 @@ def test_override_into_a_section_left_empty_in_yaml(tmp_path: Path) -> None:
     # `model:` with nothing under it is YAML null; the loader treats it as "all defaults", so
     # an override into it must work too (bug: _set_dotted says "'model' is not a section").
     path = write(tmp_path, "model:\nepochs: 2\n")
-    assert load_config(path).model == ModelConfig()
+    assert load_config(path).model == MLPConfig()
     assert load_config(path, ["model.name=vit"]).model.name == "vit"
 
 
@@ -176,11 +191,12 @@ def test_section_error_names_the_section_cleanly() -> None:
     ("optim.lrr=0.1", "optim.lrr", "optim.lr"),
     ("epoch=3", "epoch", "epochs"),
     ("data.batchsize=8", "data.batchsize", "data.batch_size"),
-    ("model.seperable=true", "model.seperable", "model.separable"),
+    ("model.structur=dense", "model.structur", "model.structure"),
+    ("model.hiden=[4]", "model.hiden", "model.hidden"),
 ])
 def test_misspelled_key_names_full_key_and_suggests(item: str, full: str, close: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, [item])
+        load_config(None, with_arch(item))
     msg = str(info.value)
     assert repr(full) in msg
     assert f"did you mean '{close}'?" in msg
@@ -206,7 +222,7 @@ def assert_override_rejected(item: str) -> None:
     """The override ``key=value`` fails to load with a ConfigError that names ``key``."""
     key = item.split("=", 1)[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(None, [item])
+        load_config(None, with_arch(item))
 
 
 @pytest.mark.parametrize("item", [
@@ -275,7 +291,7 @@ def test_to_dict_round_trips() -> None:
 ])
 def test_validation_rules(item: str, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
-        load_config(None, [item])
+        load_config(None, with_arch(item))
 
 
 @pytest.mark.parametrize("item", [
@@ -317,7 +333,7 @@ def test_prune_epochs_ordered() -> None:
 ])
 def test_unknown_choice_lists_choices(item: str, key: str, choices: list[str]) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(None, [item])
+        load_config(None, with_arch(item))
     msg = str(info.value)
     assert key in msg and repr(item.split("=", 1)[1].strip("[]").split(", ")[-1]) in msg
     assert ", ".join(choices) in msg
@@ -329,7 +345,7 @@ def test_unknown_choice_lists_choices(item: str, key: str, choices: list[str]) -
 ])
 def test_boundary_values_are_valid(item: str) -> None:
     key, value = item.split("=")
-    cfg = load_config(None, [item])
+    cfg = load_config(None, with_arch(item))
     got = cfg
     for part in key.split("."):
         got = getattr(got, part)
@@ -399,7 +415,7 @@ def test_pruning_window_past_the_last_epoch_is_rejected() -> None:
 ])
 def test_values_that_produced_wrong_runs_name_their_key(item: str, pattern: str) -> None:
     with pytest.raises(ConfigError, match=pattern):
-        load_config(None, [item])
+        load_config(None, with_arch(item))
 
 
 def test_seed_and_hidden_boundaries_are_valid() -> None:
