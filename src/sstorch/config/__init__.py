@@ -22,15 +22,7 @@ from sstorch.config.model import (
     ViTConfig,
     migrate_model,
 )
-from sstorch.config.sections import (
-    AttackConfig,
-    ConstraintConfig,
-    DataConfig,
-    DistillConfig,
-    EvalConfig,
-    OptimConfig,
-    PruneConfig,
-)
+from sstorch.config.sections import *  # noqa: F403  (the section classes: sections.__all__)
 from sstorch.config.yamlio import ConfigError, yaml_load
 
 __all__ = [
