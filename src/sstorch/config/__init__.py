@@ -5,6 +5,7 @@ unknown key is an error naming the key (with the closest valid one), never silen
 Overrides from the command line use dotted keys: ``--set train.epochs=3 optim.lr=0.05``.
 """
 
+from sstorch.config import sections as _sections
 from sstorch.config.load import (
     MAX_SEED,
     Config,
@@ -29,17 +30,10 @@ __all__ = [
     "MAX_SEED",
     "MODEL_CONFIGS",
     "STRUCTURES",
-    "AttackConfig",
     "Config",
     "ConfigError",
-    "ConstraintConfig",
-    "DataConfig",
-    "DistillConfig",
-    "EvalConfig",
     "MLPConfig",
     "ModelConfig",
-    "OptimConfig",
-    "PruneConfig",
     "VGG16Config",
     "ViTConfig",
     "config_drift",
@@ -48,4 +42,5 @@ __all__ = [
     "load_config",
     "migrate_model",
     "yaml_load",
+    *_sections.__all__,
 ]
