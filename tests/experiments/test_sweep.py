@@ -91,7 +91,7 @@ def test_bad_manifests(tmp_path, rows, extra, match):
 def test_rows_override_eval_and_reference(tmp_path):
     """A row's ``eval`` keys override the manifest's for its jobs only; its ``reference``
     decides its compression (its family's dense model, not the manifest's)."""
-    from sstorch.experiments.collect import _reference_params
+    from sstorch.experiments.collect import _reference, _structure, _with_fc_compression
 
     rows = [{"method": "dense", "seeds": [0]},
             {"method": "sep", "seeds": [0], "eval": {"n": 7}, "reference": "sep"}]
@@ -99,8 +99,14 @@ def test_rows_override_eval_and_reference(tmp_path):
     evals = {j.method: j.eval for j in jobs(m)}
     assert evals["dense"] == {"pgd_steps": 2, "pgd_restarts": 1, "n": 40}
     assert evals["sep"] == {"pgd_steps": 2, "pgd_restarts": 1, "n": 7}
-    dense_params, sep_params = _reference_params(m, "dense"), _reference_params(m, "sep")
-    assert dense_params == _reference_params(m) > sep_params  # digits: 64-16-10 vs (8,8)->(4,4)
+    assert (_reference(m, "dense"), _reference(m, "sep")) == ("dense", "sep")
+    (dense_params, dense_fc), (sep_params, sep_fc) = _structure(m, "dense"), _structure(m, "sep")
+    assert dense_params == dense_fc > sep_params == sep_fc  # digits: 64-16-10 vs (8,8)->(4,4)
+    # FC-only compression is against the row's reference: 1 for both here
+    cache: dict = {}
+    assert _with_fc_compression(m, {"method": "sep"}, sep_params, cache)["fc_compression"] == 1
+    assert _with_fc_compression(m, {"method": "dense"}, dense_params // 4,
+                                cache)["fc_compression"] == pytest.approx(4, rel=0.01)
 
 
 def test_missing_manifest(tmp_path):

@@ -29,20 +29,38 @@ from sstorch.experiments.stages import (
 from sstorch.io.fsutil import atomic_write_text
 
 
-def _reference_params(m: Manifest, method: str | None = None) -> int:
-    """Parameters of the dense model that ``method``'s compression is measured against: its
-    row's ``reference``, else the manifest's."""
+def _structure(m: Manifest, method: str) -> tuple[int, int]:
+    """``(parameters, FC parameters)`` of ``method``'s model as its config builds it (before any
+    pruning: pruning zeroes FC weights, so a row's FC nonzeros are its nonzeros minus the rest)."""
     from sstorch.config import load_config
     from sstorch.data import DATASET_INFO, canonical_name
     from sstorch.models import build_model
     from sstorch.structure.summary import summary
 
-    row = next((r for r in m.rows if r.method == method), None)
-    reference = row.reference if row is not None and row.reference else m.reference
-    cfg = load_config(m.root / f"{reference}.yaml")
+    cfg = load_config(m.root / f"{method}.yaml")
     info = DATASET_INFO[canonical_name(cfg.data.name)]
-    return summary(build_model(cfg.model, info.num_classes, info.image_shape, info.mean,
-                               info.std)).total_params
+    s = summary(build_model(cfg.model, info.num_classes, info.image_shape, info.mean, info.std))
+    return s.total_params, s.fc_params
+
+
+def _reference(m: Manifest, method: str) -> str:
+    """The dense row ``method``'s compression is measured against: its row's ``reference``,
+    else the manifest's."""
+    row = next((r for r in m.rows if r.method == method), None)
+    return row.reference if row is not None and row.reference else m.reference
+
+
+def _with_fc_compression(m: Manifest, detail: dict[str, Any], nnz: int,
+                         cache: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    """``detail`` with ``fc_compression``: the reference's FC parameters / the row's FC
+    nonzeros (the table's ``compression`` is the whole network's)."""
+    for name in (detail["method"], _reference(m, detail["method"])):
+        if name not in cache:
+            cache[name] = _structure(m, name)
+    params, fc = cache[detail["method"]]
+    fc_nnz = nnz - (params - fc)
+    ref_fc = cache[_reference(m, detail["method"])][1]
+    return {**detail, "fc_compression": round(ref_fc / fc_nnz, 2) if fc_nnz > 0 else None}
 
 
 def collect(m: Manifest, log: Callable[[str], None] = print
@@ -56,7 +74,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
     :func:`~sstorch.experiments.stages.config_drift`) are left out, with a line to ``log``, so
     one table never mixes two recipes.
     """
-    refs: dict[str, int] = {}
+    cache: dict[str, tuple[int, int]] = {}
     rows, details = [], []
     for job in jobs(m):
         if not job.evaluated:
@@ -67,16 +85,21 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             if drift := record_drift(job, rec):
                 log(f"!! left out of the table: {path} is stale ({drift_text(drift)})")
                 continue
-            rows.append(rec["row"])
-            details.append(rec["details"])
+            ref = _reference(m, job.method)  # the manifest's of now, as for a run directory
+            if ref not in cache:
+                cache[ref] = _structure(m, ref)
+            nnz = int(rec["row"]["nnz"])
+            rows.append({**rec["row"], "compression": round(cache[ref][0] / nnz, 2)})
+            details.append(_with_fc_compression(m, rec["details"], nnz, cache))
             continue
         if drift := config_drift(job):
             log(f"!! left out of the table: {job.run_dir} is stale ({drift_text(drift)})")
             continue
         ev = json.loads((job.run_dir / "eval.json").read_text())
         sw = json.loads((job.run_dir / "sweep.json").read_text())
-        if job.method not in refs:
-            refs[job.method] = _reference_params(m, job.method)
+        ref = _reference(m, job.method)
+        if ref not in cache:
+            cache[ref] = _structure(m, ref)
         if sw.get("kappa_rule") != KAPPA_RULE:  # written by an older sstorch: redo it once
             sw["log10_kappa_fc"], sw["kappa_rule"] = log10_kappa_fc(job.run_dir), KAPPA_RULE
             atomic_write_text(job.run_dir / "sweep.json", json.dumps(sw, indent=2) + "\n")
@@ -84,7 +107,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
         pgd_key = "pgd"
         rows.append({
             "method": job.method, "params": ev["params"], "nnz": ev["nnz"],
-            "compression": round(refs[job.method] / ev["nnz"], 2), "seed": job.seed,
+            "compression": round(cache[ref][0] / ev["nnz"], 2), "seed": job.seed,
             "clean_acc": ev["clean_acc"], "pgd50_acc": attacks[pgd_key]["acc"],
             "autoattack_acc": attacks["autoattack"]["acc"],
             "train_seconds": round(train_seconds(job.run_dir), 3),
@@ -102,6 +125,7 @@ def collect(m: Manifest, log: Callable[[str], None] = print
             "date": ev.get("date"), "eps_sweep": ev.get("eps_sweep"),
         })
         save_record(m, job, rows[-1], details[-1], _training_row(job, "evaluated"))
+        details[-1] = _with_fc_compression(m, details[-1], int(ev["nnz"]), cache)
     order = {r.method: i for i, r in enumerate(m.rows)}
     key = lambda r: (order[r["method"]], int(r["seed"]))  # noqa: E731
     return sorted(rows, key=key), sorted(details, key=key)

@@ -27,9 +27,10 @@ CSV_COLUMNS = ["method", "params", "nnz", "compression", "seed", "clean_acc", "p
 TRAINING_COLUMNS = ["method", "seed", "state", "final_train_loss", "final_train_adv_acc",
                     "best_epoch", "best_val_clean_acc", "best_val_robust_acc", "train_seconds",
                     "train_machine"]
-DETAIL_COLUMNS = ["method", "seed", "log10_kappa_fc", "sanity_passed", "sanity_total", "eval_n",
-                  "eval_seconds", "final_train_loss", "final_train_adv_acc", "best_epoch",
-                  "best_val_clean_acc", "best_val_robust_acc", "machine", "train_machine", "date"]
+DETAIL_COLUMNS = ["method", "seed", "fc_compression", "log10_kappa_fc", "sanity_passed",
+                  "sanity_total", "eval_n", "eval_seconds", "final_train_loss",
+                  "final_train_adv_acc", "best_epoch", "best_val_clean_acc",
+                  "best_val_robust_acc", "machine", "train_machine", "date"]
 TABLE_BEGIN, TABLE_END = "<!-- sweep:table -->", "<!-- /sweep:table -->"
 
 
